@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Boot the built kernel with the test initramfs in QEMU and return the guest's exit status.
+#
+# Usage: boot.sh [TEST...]           run the selftests (all, or the named ones / PREFIX*)
+#        VTLKIT_GUEST_CMD="..." boot.sh   run a shell command in the guest instead
+#
+# Acceleration: real KVM only where it works (vmx/svm in the CPU flags *and* a short trial
+# boot succeeds), else TCG with -cpu max (AMD with SVM and NPT, so the guest's kvm_amd runs
+# nested guests). Force with VTLKIT_ACCEL=kvm|tcg.
+#
+# The serial console is shown live and saved to $VTLKIT_RUN_DIR/serial.log; the guest writes
+# its kernel log and exit status to ttyS1 ($VTLKIT_RUN_DIR/results.log). Any BUG, WARNING,
+# KASAN, UBSAN, lockdep or panic report in either fails the run.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+kobj=$VTLKIT_KOBJ
+[ "${VTLKIT_KCONFIG:-default}" = debug ] && kobj=$VTLKIT_KOBJ-debug
+kernel=${VTLKIT_KERNEL:-$kobj/arch/x86/boot/bzImage}
+initrd=$VTLKIT_BUILD_DIR/initramfs.cpio
+timeout_s=${VTLKIT_TIMEOUT:-900}
+[ -f "$kernel" ] || die "booting: no kernel at $kernel; run scripts/build-kernel.sh"
+[ -f "$initrd" ] || die "booting: no initramfs at $initrd; run scripts/pack-initramfs.sh"
+command -v qemu-system-x86_64 >/dev/null || die "booting: qemu-system-x86_64 missing (apt-get install qemu-system-x86)"
+mkdir -p "$VTLKIT_RUN_DIR"
+
+# qemu_cmd ACCEL RESULTS_FILE SERIAL_LOG APPEND -> prints the command line, one word per line
+qemu_args() {
+	local accel=$1 results=$2 serial=$3 append=$4
+	if [ "$accel" = kvm ]; then
+		printf '%s\n' -accel kvm -cpu host
+	else
+		printf '%s\n' -accel tcg -cpu max
+	fi
+	printf '%s\n' -machine q35 -smp 2 -m 2G -nodefaults -display none -no-reboot \
+		-chardev "stdio,id=con,signal=off,logfile=$serial" -serial chardev:con \
+		-serial "file:$results" \
+		-kernel "$kernel" -initrd "$initrd" \
+		-append "console=ttyS0 quiet panic=-1 oops=panic $append"
+}
+
+pick_accel() {
+	case "${VTLKIT_ACCEL:-auto}" in
+	kvm | tcg)
+		echo "${VTLKIT_ACCEL}"
+		return
+		;;
+	auto) ;;
+	*) die "booting: VTLKIT_ACCEL must be kvm, tcg or auto, not '${VTLKIT_ACCEL}'" ;;
+	esac
+	if ! grep -qwE 'vmx|svm' /proc/cpuinfo; then
+		echo tcg # no hardware virtualization flags: /dev/kvm (if any) is not real KVM
+		return
+	fi
+	if [ ! -w /dev/kvm ]; then
+		echo tcg
+		return
+	fi
+	# Flags alone can lie (paravirtual /dev/kvm backends); prove it with a trial boot.
+	local r=$VTLKIT_RUN_DIR/trial
+	mkdir -p "$r"
+	rm -f "$r/results.log"
+	mapfile -t args < <(qemu_args kvm "$r/results.log" "$r/serial.log" vtlkit.trial)
+	timeout -k 5 60 qemu-system-x86_64 "${args[@]}" </dev/null >/dev/null 2>&1 || true
+	if tr -d '\r' <"$r/results.log" 2>/dev/null | grep -qx 'vtlkit-exit-status: 0'; then
+		echo kvm
+	else
+		echo tcg
+	fi
+}
+
+append=""
+if [ -n "${VTLKIT_GUEST_CMD:-}" ]; then
+	append="vtlkit.cmd=$(echo "$VTLKIT_GUEST_CMD" | tr ' ' ',')"
+elif [ $# -gt 0 ]; then
+	append="vtlkit.tests=$(
+		IFS=,
+		echo "$*"
+	)"
+fi
+
+step "booting: choosing the accelerator"
+accel=$(pick_accel)
+if [ "$accel" = kvm ]; then
+	info "real KVM (-accel kvm -cpu host)"
+else
+	info "TCG software emulation (-accel tcg -cpu max: AMD, SVM + NPT for the guest's kvm_amd)"
+fi
+
+results=$VTLKIT_RUN_DIR/results.log
+serial=$VTLKIT_RUN_DIR/serial.log
+rm -f "$results" "$serial"
+mapfile -t args < <(qemu_args "$accel" "$results" "$serial" "$append")
+step "booting $(basename "$kernel") in QEMU, timeout ${timeout_s}s"
+info "serial log: $serial"
+start=$SECONDS
+set +e
+timeout -k 10 "$timeout_s" qemu-system-x86_64 "${args[@]}" </dev/null
+qrc=$?
+set -e
+elapsed=$((SECONDS - start))
+
+tr -d '\r' <"$results" >"$results.txt" 2>/dev/null || : >"$results.txt"
+status=$(sed -n 's/^vtlkit-exit-status: \([0-9]*\)$/\1/p' "$results.txt" | tail -n 1)
+sed -n '/^vtlkit-dmesg-begin$/,/^vtlkit-dmesg-end$/p' "$results.txt" >"$VTLKIT_RUN_DIR/dmesg.log"
+
+# Kernel reports that fail the run wherever they appear.
+splat_re='BUG:|WARNING:|KASAN:|UBSAN:|Kernel panic|Oops|general protection fault|INFO: (possible|inconsistent|task .* blocked)|circular locking|Call Trace:'
+splats=$(tr -d '\r' <"$serial" 2>/dev/null | cat - "$VTLKIT_RUN_DIR/dmesg.log" | grep -E "$splat_re" | sort -u || true)
+
+rc=0
+if [ "$qrc" = 124 ] || [ "$qrc" = 137 ]; then
+	printf '%s\n' "--- last lines of $serial ---" >&2
+	tr -d '\r' <"$serial" | tail -n 30 >&2
+	die "booting: the guest did not finish within ${timeout_s}s (VTLKIT_TIMEOUT); serial log: $serial"
+elif [ -z "$status" ]; then
+	printf '%s\n' "--- last lines of $serial ---" >&2
+	tr -d '\r' <"$serial" | tail -n 30 >&2
+	die "booting: the guest ended without reporting a status (kernel panic or crash? QEMU rc $qrc); serial log: $serial"
+fi
+if [ -n "$splats" ]; then
+	printf '%s\n' "$splats" | sed 's/^/    /' >&2
+	printf 'vtlkit: error: the kernel log has BUG/WARNING/KASAN/UBSAN/lockdep reports (full log: %s)\n' \
+		"$VTLKIT_RUN_DIR/dmesg.log" >&2
+	rc=1
+else
+	ok "kernel log clean (no BUG/WARNING/KASAN/UBSAN/lockdep reports)"
+fi
+case "$status" in
+0) ok "guest finished in ${elapsed}s: exit status 0" ;;
+4) info "guest finished in ${elapsed}s: exit status 4 (everything skipped)" ;;
+*) printf 'vtlkit: error: guest finished in %ss: exit status %s (test failures)\n' "$elapsed" "$status" >&2 ;;
+esac
+[ "$rc" = 0 ] && rc=$status
+exit "$rc"

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The whole test suite: host-side checks and tests, then the in-guest selftests on the patched
+# kernel. `.ci/run` calls exactly this.
+#
+#   scripts/test.sh
+#
+# Host side: rustfmt, clippy (-D warnings), cargo test (unit tests of every crate), the
+# pipeline's own error-path tests (scripts/tests/*.sh), shell syntax, checkpatch --strict on
+# every patch, and the uapi/ drift check (inside the kernel build). Guest side: scripts/run.sh.
+# Ends with one line "total: N passed, N failed, N skipped"; exits non-zero on any failure.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+cd "$VTLKIT_ROOT"
+passed=0 failed=0 skipped=0 failures=()
+record() { # name, rc
+	if [ "$2" = 0 ]; then
+		passed=$((passed + 1))
+		ok "PASS $1"
+	else
+		failed=$((failed + 1))
+		failures+=("$1")
+		printf '%s    FAIL %s%s\n' "$_c_err" "$1" "$_c_off"
+	fi
+}
+check() { # name, command...
+	local name=$1 rc=0
+	shift
+	step "host check: $name"
+	"$@" || rc=$?
+	record "$name" "$rc"
+}
+
+"$VTLKIT_ROOT/scripts/setup-deps.sh"
+"$VTLKIT_ROOT/scripts/get-kernel.sh"
+
+check "shell syntax (bash -n scripts/*.sh)" bash -c 'for f in scripts/*.sh scripts/tests/*.sh .ci/run; do bash -n "$f" || exit 1; done'
+check "rustfmt" cargo fmt --all -- --check
+check "clippy -D warnings" cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+step "host check: cargo test (unit tests)"
+log=$VTLKIT_BUILD_DIR/logs/cargo-test.log
+mkdir -p "$(dirname "$log")"
+rc=0
+cargo test --workspace 2>&1 | tee "$log" | grep -E '^(test |running|test result|error|failures)' || rc=${PIPESTATUS[0]}
+# Count cargo's own results into the total.
+while read -r p f i; do
+	passed=$((passed + p)) failed=$((failed + f)) skipped=$((skipped + i))
+done < <(sed -n 's/^test result: [a-zA-Z]*\. \([0-9]*\) passed; \([0-9]*\) failed; \([0-9]*\) ignored.*/\1 \2 \3/p' "$log")
+if [ "$rc" != 0 ]; then
+	failed=$((failed + 1))
+	failures+=("cargo test")
+	printf '%s    FAIL cargo test (log: %s)%s\n' "$_c_err" "$log" "$_c_off"
+fi
+
+for t in scripts/tests/*.sh; do
+	check "$(basename "$t" .sh)" "$t"
+done
+check "checkpatch --strict on kernel-patches" "$VTLKIT_ROOT/scripts/checkpatch.sh"
+
+step "in-guest suite: scripts/run.sh"
+guest_log=$VTLKIT_BUILD_DIR/logs/guest-suite.log
+rc=0
+"$VTLKIT_ROOT/scripts/run.sh" 2>&1 | tee "$guest_log" || rc=${PIPESTATUS[0]}
+summary=$(sed 's/\r$//' "$guest_log" | grep -E '^[0-9]+ passed, [0-9]+ failed(, [0-9]+ skipped)?$' | tail -n 1 || true)
+if [ -n "$summary" ]; then
+	read -r gp gf gs < <(sed 's/^\([0-9]*\) passed, \([0-9]*\) failed, *\([0-9]*\).*/\1 \2 \3/' <<<"$summary")
+	passed=$((passed + gp)) failed=$((failed + gf)) skipped=$((skipped + ${gs:-0}))
+fi
+if [ "$rc" != 0 ]; then
+	# rc 4 (everything skipped) is a failure here: the suite proved nothing.
+	failures+=("in-guest suite (exit status $rc)")
+	[ -n "$summary" ] && [ "$gf" != 0 ] || failed=$((failed + 1))
+fi
+
+echo
+if [ ${#failures[@]} -gt 0 ]; then
+	printf '%svtlkit: failed: %s%s\n' "$_c_err" "$(printf '%s; ' "${failures[@]}")" "$_c_off"
+fi
+echo "total: $passed passed, $failed failed, $skipped skipped"
+[ "$failed" = 0 ] && [ ${#failures[@]} = 0 ]

@@ -1,0 +1,37 @@
+// SPDX-License-Identifier: GPL-2.0-only OR Apache-2.0
+//! Generates the raw bindings from the committed, exported uAPI headers in `include/`.
+
+use std::env;
+use std::path::PathBuf;
+
+fn main() {
+    let manifest =
+        PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let include = manifest.join("include");
+    println!("cargo:rerun-if-changed=wrapper.h");
+    println!("cargo:rerun-if-changed=include");
+
+    let bindings = bindgen::Builder::default()
+        .header(manifest.join("wrapper.h").display().to_string())
+        // Only the exported headers: never the (older) system ones.
+        .clang_arg("-nostdinc")
+        .clang_arg(format!("-I{}", include.display()))
+        // Only what the vtlkit series adds: everything else comes from kvm-bindings.
+        .allowlist_var("KVM_CAP_APIC_GROUPS")
+        .allowlist_var("KVM_MSI_VALID_APIC_GROUP")
+        .allowlist_type("vtlkit_ioctl")
+        .allowlist_type("kvm_apic_group")
+        .prepend_enum_name(false)
+        .derive_default(true)
+        .derive_eq(true)
+        .layout_tests(true)
+        .generate()
+        .unwrap_or_else(|e| {
+            panic!(
+                "bindgen failed on {} (is libclang-dev installed? scripts/setup-deps.sh does it): {e}",
+                include.display()
+            )
+        });
+    let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("bindings.rs");
+    bindings.write_to_file(&out).expect("write bindings.rs");
+}

@@ -1,0 +1,15 @@
+/* SPDX-License-Identifier: GPL-2.0-only OR Apache-2.0 */
+/*
+ * Input to bindgen (uapi/build.rs). The headers come from uapi/include, which is exactly what
+ * `make headers_install` exports from the patched tree (scripts/build-kernel.sh checks that).
+ *
+ * bindgen does not expand function-like macros such as _IOW(), so the ioctl request numbers
+ * are restated as enumerators here: clang evaluates them from the header's own definitions, so
+ * no number is ever written down twice.
+ */
+#include <linux/kvm.h>
+
+enum vtlkit_ioctl {
+	VTLKIT_KVM_SET_APIC_GROUP = KVM_SET_APIC_GROUP,
+	VTLKIT_KVM_GET_APIC_GROUP = KVM_GET_APIC_GROUP,
+};
