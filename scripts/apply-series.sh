@@ -49,7 +49,7 @@ for p in "${patches[@]}"; do
 	email=$(sed -n 's/^Email: //p' "$scratch/info")
 	date=$(sed -n 's/^Date: //p' "$scratch/info")
 	subject=$(sed -n 's/^Subject: //p' "$scratch/info")
-	[ -n "$author" ] && [ -n "$subject" ] || die "applying patches: $p has no author or subject"
+	{ [ -n "$author" ] && [ -n "$subject" ]; } || die "applying patches: $p has no author or subject"
 	tree=$(git -C "$VTLKIT_SRC" write-tree)
 	parent=$( (printf '%s\n\n' "$subject"; cat "$scratch/msg") |
 		GIT_AUTHOR_NAME=$author GIT_AUTHOR_EMAIL=$email GIT_AUTHOR_DATE=$date \

@@ -1,4 +1,5 @@
 #!/bin/busybox sh
+# shellcheck shell=dash
 # /init of the vtlkit test initramfs (packed by scripts/pack-initramfs.sh).
 # Kernel command line:
 #   vtlkit.tests=a,b*   run only these selftests (default: all)

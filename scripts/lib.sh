@@ -1,5 +1,6 @@
 # shellcheck shell=bash
 # Common settings and helpers for the vtlkit pipeline. Sourced by every script.
+# shellcheck disable=SC2034 # the settings are used by the scripts that source this file
 #
 # Everything a user may want to move is an environment variable:
 #   VTLKIT_BUILD_DIR   where kernel trees, build output and images go (default: <repo>/build)

@@ -4,8 +4,9 @@
 #
 #   scripts/test.sh
 #
-# Host side: rustfmt, clippy (-D warnings), cargo test (unit tests of every crate), the
-# pipeline's own error-path tests (scripts/tests/*.sh), shell syntax, checkpatch --strict on
+# Host side: shellcheck, rustfmt, clippy (-D warnings), cargo test (unit tests of every crate), the
+# pipeline's own error-path tests (scripts/tests/series-errors.sh before the build,
+# scripts/tests/boot-failures.sh after it), checkpatch --strict on
 # every patch, and the uapi/ drift check (inside the kernel build). Guest side: scripts/run.sh.
 # Ends with one line "total: N passed, N failed, N skipped"; exits non-zero on any failure.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -33,7 +34,7 @@ check() { # name, command...
 "$VTLKIT_ROOT/scripts/setup-deps.sh"
 "$VTLKIT_ROOT/scripts/get-kernel.sh"
 
-check "shell syntax (bash -n scripts/*.sh)" bash -c 'for f in scripts/*.sh scripts/tests/*.sh .ci/run; do bash -n "$f" || exit 1; done'
+check "shellcheck scripts" shellcheck -S warning scripts/*.sh scripts/tests/*.sh .ci/run
 check "rustfmt" cargo fmt --all -- --check
 check "clippy -D warnings" cargo clippy --workspace --all-targets --quiet -- -D warnings
 
@@ -52,9 +53,7 @@ if [ "$rc" != 0 ]; then
 	printf '%s    FAIL cargo test (log: %s)%s\n' "$_c_err" "$log" "$_c_off"
 fi
 
-for t in scripts/tests/*.sh; do
-	check "$(basename "$t" .sh)" "$t"
-done
+check "series-errors (broken or missing patch is named)" scripts/tests/series-errors.sh
 check "checkpatch --strict on kernel-patches" "$VTLKIT_ROOT/scripts/checkpatch.sh"
 
 step "in-guest suite: scripts/run.sh"
@@ -70,6 +69,10 @@ if [ "$rc" != 0 ]; then
 	# rc 4 (everything skipped) is a failure here: the suite proved nothing.
 	failures+=("in-guest suite (exit status $rc)")
 	[ -n "$summary" ] && [ "$gf" != 0 ] || failed=$((failed + 1))
+fi
+
+if [ -f "$VTLKIT_BUILD_DIR/initramfs.cpio" ]; then
+	check "boot-failures (guest status, kernel-log scan)" scripts/tests/boot-failures.sh
 fi
 
 echo
