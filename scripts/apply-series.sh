@@ -29,10 +29,19 @@ if [ "$check_only" = 0 ] && [ -f "$state" ] && [ "$(cat "$state")" = "$want $(gi
 	exit 0
 fi
 
+# Never throw away a developer's work: local edits are refused outright; commits made on top
+# of the series are refused unless the series now produces exactly that tree (i.e. they were
+# exported to kernel-patches/).
+if [ "$check_only" = 0 ] && ! git -C "$VTLKIT_SRC" diff --quiet HEAD; then
+	git -C "$VTLKIT_SRC" status --short | grep -v '^??' | head -n 10 | sed 's/^/    /' >&2
+	die "applying patches: $VTLKIT_SRC has uncommitted changes; commit them and export the series (see README: Editing a patch), or discard them with git -C $VTLKIT_SRC reset --hard"
+fi
+
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 export GIT_INDEX_FILE=$scratch/index
 git -C "$VTLKIT_SRC" read-tree pristine
+tree=$(git -C "$VTLKIT_SRC" write-tree)
 parent=$(git -C "$VTLKIT_SRC" rev-parse pristine)
 n=${#patches[@]}
 i=0
@@ -61,6 +70,13 @@ unset GIT_INDEX_FILE
 if [ "$check_only" = 1 ]; then
 	ok "all $n patches apply"
 	exit 0
+fi
+head=$(git -C "$VTLKIT_SRC" rev-parse HEAD)
+applied=$(cut -d' ' -f2 "$state" 2>/dev/null || true)
+if [ "$head" != "$applied" ] && [ "$head" != "$(git -C "$VTLKIT_SRC" rev-parse pristine)" ] &&
+	[ "$(git -C "$VTLKIT_SRC" rev-parse "HEAD^{tree}")" != "$tree" ]; then
+	git -C "$VTLKIT_SRC" log --oneline "${applied:-pristine}..HEAD" | head -n 10 | sed 's/^/    /' >&2
+	die "applying patches: $VTLKIT_SRC has commits that are not in kernel-patches/; export them with git -C $VTLKIT_SRC format-patch -o kernel-patches pristine..HEAD (and update the series file), or drop them with git -C $VTLKIT_SRC reset --hard ${applied:-pristine}"
 fi
 git -C "$VTLKIT_SRC" reset -q --hard "$parent"
 echo "$want $(git -C "$VTLKIT_SRC" rev-parse HEAD)" >"$state"

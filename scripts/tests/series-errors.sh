@@ -62,4 +62,22 @@ else
 	sed 's/^/    /' <<<"$out"
 	fail=1
 fi
+# 4. Local edits in the kernel tree are refused, and survive.
+readme=$VTLKIT_SRC/README
+cp "$readme" "$tmp/README.orig"
+trap 'cp "$tmp/README.orig" "$readme"; rm -rf "$tmp"' EXIT
+echo "local edit by series-errors.sh" >>"$readme"
+rm -f "$VTLKIT_SRC/.git/vtlkit-series" # force a re-apply attempt
+if out=$("$VTLKIT_ROOT/scripts/apply-series.sh" 2>&1); then
+	echo "not ok - a dirty kernel tree was re-applied over"
+	fail=1
+elif ! grep -q "uncommitted changes" <<<"$out" || ! grep -q "local edit by series-errors.sh" "$readme"; then
+	echo "not ok - dirty kernel tree: wrong message or the edit was lost:"
+	sed 's/^/    /' <<<"$out"
+	fail=1
+else
+	echo "ok - a dirty kernel tree is refused and the edit survives"
+fi
+cp "$tmp/README.orig" "$readme"
+"$VTLKIT_ROOT/scripts/apply-series.sh" >/dev/null 2>&1 || { echo "not ok - re-apply after the dirty test"; fail=1; }
 exit "$fail"
