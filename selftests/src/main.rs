@@ -4,8 +4,12 @@
 //!
 //! Usage: vtlkit-selftests [--list] [NAME | PREFIX* ...]
 
+mod apic_groups;
 mod basic;
+mod guest;
 mod harness;
+mod nested;
+mod vm;
 
 use std::io::{self, Write};
 use std::process::ExitCode;
@@ -16,6 +20,8 @@ use harness::Test;
 fn all_tests() -> Vec<Test> {
     let mut v = Vec::new();
     v.extend_from_slice(basic::TESTS);
+    v.extend_from_slice(nested::TESTS);
+    v.extend_from_slice(apic_groups::TESTS);
     v
 }
 

@@ -1,0 +1,545 @@
+// SPDX-License-Identifier: GPL-2.0-only OR Apache-2.0
+//! Code that runs inside the nested guests, written as commented x86-64 assembly.
+//!
+//! Everything between `vtlkit_guest_start` and `vtlkit_guest_end` is position-independent (all
+//! references are RIP-relative or relative to the GS base), so the host copies those bytes into
+//! guest memory at [`crate::vm::layout::CODE`] and starts vCPUs at an [`Entry`] point. The
+//! numbers the host and the guest must agree on (the per-vCPU data layout, ucall commands and
+//! stages, the send-program format) are Rust constants fed to the assembler as `const`
+//! operands, so they are written once.
+//!
+//! Conventions inside the guest:
+//! * identity-mapped memory; GS base = this vCPU's data page ([`pcpu`]); RSP = its own stack;
+//! * `vtlkit_guest_ucall`: EAX = command ([`ucall`]), RDI, RSI, RCX, R8, R9 = arguments; it
+//!   does `out 0x1000, eax` and preserves every register;
+//! * `GUEST_ASSERT_EQ a, b, "message"` aborts (UCALL ABORT) with the message and both values;
+//!   it uses R11 as scratch, so `a` and `b` must not be R11;
+//! * every IDT vector points at a 16-byte stub in `vtlkit_guest_isr_stubs`; vectors 0..31 abort
+//!   with the vector, error code, RIP and CR2; vectors 32..255 are counted per vector in the
+//!   vCPU's data page and EOI'd (except the spurious vector 0xff).
+//!
+//! Numeric local labels use digits 2..9 only: `0:`/`1:`-style labels read as binary numbers in
+//! Intel syntax.
+
+/// The ucall channel: port, commands and well-known stages.
+pub mod ucall {
+    /// I/O port the guest writes the command to (as KVM selftests do on x86).
+    pub const PORT: u16 = 0x1000;
+    /// `SYNC(stage, a, b, c, d)`: a checkpoint the host can wait for; the guest continues.
+    pub const SYNC: u32 = 1;
+    /// `DONE(a, b, c, d)`: the guest finished; the vCPU is not run again.
+    pub const DONE: u32 = 2;
+    /// `ABORT(message, a, b, c, d)`: a guest-side assertion failed (RDI points at the text).
+    pub const ABORT: u32 = 3;
+    /// `PRINT(message, a, b, c, d)`: print a line on the host's stderr; the guest continues.
+    pub const PRINT: u32 = 4;
+
+    /// Stage of `vtlkit_guest_long_mode`'s SYNC: (stage, EFER, CR0, CS descriptor).
+    pub const STAGE_LONG_MODE: u64 = 0x10;
+    /// Stage of the APIC guest's SYNC after it enabled its APIC: (stage, APIC ID, LDR, mode).
+    pub const STAGE_APIC_READY: u64 = 0x20;
+    /// Stage of the APIC guest's SYNC after it ran its send program: (stage, commands run).
+    pub const STAGE_SENT: u64 = 0x21;
+}
+
+/// Offsets in a vCPU's data page (the GS base of that vCPU); see [`crate::vm::layout::PCPU`].
+pub mod pcpu {
+    /// u64: guest-physical address of this page.
+    pub const SELF: u64 = 0x00;
+    /// u64: vCPU index in the test VM (not the vcpu_id).
+    pub const INDEX: u64 = 0x08;
+    /// u64: APIC mode the guest enables: [`APIC_MODE_XAPIC`] or [`APIC_MODE_X2APIC`].
+    pub const APIC_MODE: u64 = 0x10;
+    /// u64: 0 = `vmmcall` (AMD) for KVM hypercalls, 1 = `vmcall` (Intel).
+    pub const HYPERCALL_VMCALL: u64 = 0x18;
+    /// u64: xAPIC LDR value to program before reporting ready (0 = leave it).
+    pub const XAPIC_LDR: u64 = 0x20;
+    /// u64: xAPIC DFR value to program before reporting ready (0 = leave it).
+    pub const XAPIC_DFR: u64 = 0x28;
+    /// u64: guest-physical address of a send program ([`prog`]), 0 = none (only receive).
+    pub const PROGRAM: u64 = 0x30;
+    /// u64: the host sets it non-zero to let a vCPU with a send program start sending.
+    pub const GO: u64 = 0x38;
+    /// u64 x 8: inputs from the host.
+    pub const ARGS: u64 = 0x40;
+    /// u64: the APIC ID as the guest read it (x2APIC MSR 0x802, or xAPIC ID register >> 24).
+    pub const APIC_ID_READ: u64 = 0x80;
+    /// u64: the LDR as the guest read it back.
+    pub const LDR_READ: u64 = 0x88;
+    /// u64: interrupts handled, all vectors.
+    pub const IRQ_TOTAL: u64 = 0x90;
+    /// u64: vector of the last interrupt handled.
+    pub const LAST_VECTOR: u64 = 0x98;
+    /// u32 x 256: interrupts handled, per vector.
+    pub const IRQ_COUNTS: u64 = 0x100;
+    /// Bytes used (must fit in one page).
+    pub const SIZE: u64 = IRQ_COUNTS + 256 * 4;
+
+    /// [`APIC_MODE`]: xAPIC (MMIO at 0xfee00000).
+    pub const APIC_MODE_XAPIC: u64 = 1;
+    /// [`APIC_MODE`]: x2APIC (MSRs 0x800..0x8ff).
+    pub const APIC_MODE_X2APIC: u64 = 2;
+}
+
+/// The send program a vCPU runs once the host sets its GO flag: an array of [`prog::ENTRY_SIZE`]
+/// byte entries `{ kind, a0, a1, a2, a3, _, _, result }` (u64 each), ended by kind [`prog::END`].
+pub mod prog {
+    /// Size of one entry.
+    pub const ENTRY_SIZE: u64 = 64;
+    /// End of the program.
+    pub const END: u64 = 0;
+    /// Write the ICR: a0 = destination (xAPIC: 8 bits, x2APIC: 32 bits), a1 = ICR low word.
+    pub const ICR: u64 = 1;
+    /// KVM PV IPI hypercall: a0 = bitmap low, a1 = bitmap high, a2 = min APIC ID, a3 = ICR low;
+    /// the hypercall's return value is stored in the entry's result slot.
+    pub const PV_IPI: u64 = 2;
+    /// Wait until this vCPU has handled a1 interrupts on vector a0 (e.g. its own self-IPI).
+    pub const WAIT_IRQS: u64 = 3;
+    /// Offset of the result slot in an entry.
+    pub const RESULT: u64 = 56;
+}
+
+// The guest code. Intel syntax (the Rust default for `global_asm!`).
+core::arch::global_asm!(
+    r#"
+    .pushsection .text.vtlkit_guest, "ax", @progbits
+    .balign 4096
+    .globl vtlkit_guest_start
+vtlkit_guest_start:
+
+// ---------------------------------------------------------------------------------------------
+// GUEST_ASSERT_EQ a, b, "message": if a != b, UCALL ABORT(message, a, b). Scratch: R11.
+// The message text sits inline after the abort call, which never returns.
+    .macro GUEST_ASSERT_EQ a:req, b:req, msg:req
+    cmp \a, \b
+    je 9998f
+    mov r11, \b
+    mov rsi, \a
+    mov rcx, r11
+    lea rdi, [rip + 9997f]
+    jmp vtlkit_guest_abort
+9997:
+    .asciz "\msg"
+9998:
+    .endm
+
+// UCALL cmd: EAX = cmd, then the ucall (arguments already in RDI, RSI, RCX, R8, R9).
+    .macro UCALL cmd:req
+    mov eax, \cmd
+    call vtlkit_guest_ucall
+    .endm
+
+// ---------------------------------------------------------------------------------------------
+// vtlkit_guest_ucall: `out {UCALL_PORT}, eax`. The host reads the command from the I/O data and
+// the arguments from the registers (KVM_GET_REGS). Preserves every register.
+    .globl vtlkit_guest_ucall
+vtlkit_guest_ucall:
+    push rdx
+    mov edx, {UCALL_PORT}
+    out dx, eax
+    pop rdx
+    ret
+
+// vtlkit_guest_abort: UCALL ABORT with RDI = message, RSI/RCX/R8/R9 = values; never returns.
+vtlkit_guest_abort:
+    UCALL {UCALL_ABORT}
+    // The host does not resume an aborted vCPU; if it does anyway, stop here for good.
+2:  cli
+    hlt
+    jmp 2b
+
+// vtlkit_guest_halt_forever: the idle loop. Interrupts are taken (and counted) while halted.
+    .globl vtlkit_guest_halt_forever
+vtlkit_guest_halt_forever:
+    sti
+    hlt
+    jmp vtlkit_guest_halt_forever
+
+// ---------------------------------------------------------------------------------------------
+// Entry: vtlkit_guest_long_mode. Proves the vCPU runs in 64-bit long mode, then computes the
+// 64-bit FNV-1a hash of the buffer at ARGS[0] (guest-physical), ARGS[1] bytes long.
+//   SYNC(STAGE_LONG_MODE, EFER, CR0, CS descriptor) then DONE(hash, bytes hashed).
+    .globl vtlkit_guest_long_mode
+vtlkit_guest_long_mode:
+    // EFER (MSR 0xc0000080): LME (bit 8) and LMA (bit 10) must both be set.
+    mov ecx, 0xc0000080
+    rdmsr
+    shl rdx, 32
+    or rax, rdx
+    mov r12, rax
+    and rax, 0x500
+    GUEST_ASSERT_EQ rax, 0x500, "EFER.LME|LMA (0x500) not both set"
+    // CR0: PG (bit 31) and PE (bit 0).
+    mov r13, cr0
+    mov rax, r13
+    and eax, 0x80000001
+    mov r10d, 0x80000001
+    GUEST_ASSERT_EQ rax, r10, "CR0.PG|PE not both set"
+    // CS: the GDT descriptor of our own selector must have L (bit 53) set and D (bit 54)
+    // clear; and the CPU must behave that way: PUSH moves RSP by 8, not 4.
+    sub rsp, 16
+    sgdt [rsp]                              // limit (2 bytes), base (8 bytes)
+    mov rax, [rsp + 2]
+    add rsp, 16
+    mov edx, cs
+    and edx, 0xfff8
+    mov r14, [rax + rdx]                    // the CS descriptor
+    mov rax, r14
+    shr rax, 53
+    and eax, 3
+    GUEST_ASSERT_EQ rax, 1, "CS descriptor is not 64-bit code (L=1, D=0)"
+    mov rdx, rsp
+    push 0
+    sub rdx, rsp
+    pop rax
+    GUEST_ASSERT_EQ rdx, 8, "PUSH did not move RSP by 8 bytes: not in 64-bit mode"
+    mov rdi, {STAGE_LONG_MODE}
+    mov rsi, r12
+    mov rcx, r13
+    mov r8, r14
+    UCALL {UCALL_SYNC}
+
+    // FNV-1a 64: h = offset basis; for each byte: h ^= byte; h *= prime (a 64-bit multiply).
+    mov rsi, gs:[{PCPU_ARGS}]
+    mov rcx, gs:[{PCPU_ARGS} + 8]
+    mov r9, rcx
+    mov rax, 0xcbf29ce484222325
+    mov r8, 0x100000001b3
+2:  test rcx, rcx
+    jz 3f
+    movzx edx, byte ptr [rsi]
+    xor rax, rdx
+    imul rax, r8
+    inc rsi
+    dec rcx
+    jmp 2b
+3:  mov rdi, rax
+    mov rsi, r9
+    UCALL {UCALL_DONE}
+    jmp vtlkit_guest_halt_forever
+
+// ---------------------------------------------------------------------------------------------
+// APIC helpers. All of them look at APIC_MODE in the vCPU data page and clobber RAX, RCX, RDX.
+
+// vtlkit_guest_apic_enable: enable the local APIC in the mode the host asked for, TPR = 0,
+// spurious vector 0xff; in xAPIC mode program DFR and LDR if the host gave values. Stores the
+// APIC ID and LDR as read back into the data page.
+    .globl vtlkit_guest_apic_enable
+vtlkit_guest_apic_enable:
+    mov rax, gs:[{PCPU_APIC_MODE}]
+    cmp rax, {APIC_MODE_X2APIC}
+    je 4f
+    GUEST_ASSERT_EQ rax, {APIC_MODE_XAPIC}, "unknown APIC mode in the vCPU data page"
+    // xAPIC: IA32_APIC_BASE (0x1b) global enable (bit 11), x2APIC (bit 10) left clear.
+    mov ecx, 0x1b
+    rdmsr
+    or eax, 1 << 11
+    wrmsr
+    mov eax, 0xfee00000
+    mov dword ptr [rax + 0x80], 0           // TPR
+    mov dword ptr [rax + 0xf0], 0x1ff       // SVR: APIC software enable, spurious vector 0xff
+    mov rdx, gs:[{PCPU_XAPIC_DFR}]
+    test rdx, rdx
+    jz 2f
+    mov dword ptr [rax + 0xe0], edx         // DFR: 0xffffffff flat, 0x0fffffff cluster
+2:  mov rdx, gs:[{PCPU_XAPIC_LDR}]
+    test rdx, rdx
+    jz 3f
+    mov dword ptr [rax + 0xd0], edx         // LDR (logical ID in bits 31:24)
+3:  mov edx, dword ptr [rax + 0x20]         // APIC ID register: ID in bits 31:24
+    shr edx, 24
+    mov gs:[{PCPU_APIC_ID_READ}], rdx
+    mov edx, dword ptr [rax + 0xd0]
+    mov gs:[{PCPU_LDR_READ}], rdx
+    ret
+4:  // x2APIC: IA32_APIC_BASE enable (bit 11) + EXTD (bit 10).
+    mov ecx, 0x1b
+    rdmsr
+    or eax, (1 << 11) | (1 << 10)
+    wrmsr
+    xor edx, edx
+    mov ecx, 0x808                          // TPR
+    xor eax, eax
+    wrmsr
+    mov ecx, 0x80f                          // SVR
+    mov eax, 0x1ff
+    wrmsr
+    mov ecx, 0x802                          // x2APIC ID (32 bits)
+    rdmsr
+    mov gs:[{PCPU_APIC_ID_READ}], rax
+    mov ecx, 0x80d                          // LDR (read-only: cluster << 16 | 1 << (id & 15))
+    rdmsr
+    mov gs:[{PCPU_LDR_READ}], rax
+    ret
+
+// vtlkit_guest_apic_eoi: end of interrupt (xAPIC EOI register, or x2APIC MSR 0x80b).
+    .globl vtlkit_guest_apic_eoi
+vtlkit_guest_apic_eoi:
+    cmp qword ptr gs:[{PCPU_APIC_MODE}], {APIC_MODE_X2APIC}
+    je 2f
+    mov eax, 0xfee000b0
+    mov dword ptr [rax], 0
+    ret
+2:  mov ecx, 0x80b
+    xor eax, eax
+    xor edx, edx
+    wrmsr
+    ret
+
+// vtlkit_guest_apic_send_icr: RDI = destination, ESI = ICR low word (vector, delivery mode,
+// destination mode, level, trigger, shorthand). xAPIC: ICR high (0x310) = dest << 24, then ICR
+// low (0x300), which sends. x2APIC: one WRMSR to 0x830 with EDX = 32-bit dest, EAX = low word.
+    .globl vtlkit_guest_apic_send_icr
+vtlkit_guest_apic_send_icr:
+    cmp qword ptr gs:[{PCPU_APIC_MODE}], {APIC_MODE_X2APIC}
+    je 2f
+    mov eax, 0xfee00000
+    mov edx, edi
+    shl edx, 24
+    mov dword ptr [rax + 0x310], edx
+    mov dword ptr [rax + 0x300], esi
+    ret
+2:  mov ecx, 0x830
+    mov eax, esi
+    mov edx, edi
+    wrmsr
+    ret
+
+// vtlkit_guest_pv_send_ipi: KVM_HC_SEND_IPI (10). RDI = bitmap low, RSI = bitmap high,
+// RDX = lowest APIC ID of the bitmap, RCX = ICR low (vector + delivery mode only).
+// KVM hypercall ABI: RAX = nr, RBX/RCX/RDX/RSI = a0..a3; returns RAX = IPIs delivered or -errno.
+// Clobbers RAX, RCX, RSI.
+    .globl vtlkit_guest_pv_send_ipi
+vtlkit_guest_pv_send_ipi:
+    push rbx
+    mov rbx, rdi                            // a0: bitmap low
+    mov rax, rcx
+    mov rcx, rsi                            // a1: bitmap high
+    mov rsi, rax                            // a3: ICR
+    mov eax, {KVM_HC_SEND_IPI}              // a2 (RDX) is already the min APIC ID
+    cmp qword ptr gs:[{PCPU_HYPERCALL_VMCALL}], 0
+    jne 2f
+    vmmcall                                 // AMD
+    jmp 3f
+2:  vmcall                                  // Intel
+3:  pop rbx
+    ret
+
+// vtlkit_guest_wait_irqs: RDI = vector, RSI = count. Halt with interrupts enabled until this
+// vCPU has handled at least `count` interrupts on `vector`. CLI before the check and STI;HLT
+// after it, so an interrupt cannot slip in between the check and the halt.
+    .globl vtlkit_guest_wait_irqs
+vtlkit_guest_wait_irqs:
+2:  cli
+    mov eax, dword ptr gs:[{PCPU_IRQ_COUNTS} + rdi * 4]
+    cmp rax, rsi
+    jae 3f
+    sti
+    hlt
+    jmp 2b
+3:  sti
+    ret
+
+// ---------------------------------------------------------------------------------------------
+// Entry: vtlkit_guest_apic_main. The common body of the interrupt tests:
+//   1. enable the APIC as the data page says, SYNC(STAGE_APIC_READY, APIC ID, LDR, mode);
+//   2. STI; with no send program, halt forever (counting interrupts);
+//   3. with one, spin until the host sets GO, run it, SYNC(STAGE_SENT, commands), halt forever.
+    .globl vtlkit_guest_apic_main
+vtlkit_guest_apic_main:
+    call vtlkit_guest_apic_enable
+    mov rdi, {STAGE_APIC_READY}
+    mov rsi, gs:[{PCPU_APIC_ID_READ}]
+    mov rcx, gs:[{PCPU_LDR_READ}]
+    mov r8, gs:[{PCPU_APIC_MODE}]
+    UCALL {UCALL_SYNC}
+    sti
+    mov rbx, gs:[{PCPU_PROGRAM}]
+    test rbx, rbx
+    jz vtlkit_guest_halt_forever
+2:  cmp qword ptr gs:[{PCPU_GO}], 0         // wait for GO; interrupts are taken meanwhile
+    jne 3f
+    pause
+    jmp 2b
+3:  xor r12, r12                            // R12 = commands run
+4:  mov rax, [rbx]                          // next entry's kind
+    cmp rax, {PROG_END}
+    je 8f
+    cmp rax, {PROG_ICR}
+    jne 5f
+    mov rdi, [rbx + 8]
+    mov rsi, [rbx + 16]
+    call vtlkit_guest_apic_send_icr
+    jmp 7f
+5:  cmp rax, {PROG_PV_IPI}
+    jne 6f
+    mov rdi, [rbx + 8]
+    mov rsi, [rbx + 16]
+    mov rdx, [rbx + 24]
+    mov rcx, [rbx + 32]
+    call vtlkit_guest_pv_send_ipi
+    mov [rbx + {PROG_RESULT}], rax
+    jmp 7f
+6:  GUEST_ASSERT_EQ rax, {PROG_WAIT_IRQS}, "unknown send-program command"
+    mov rdi, [rbx + 8]
+    mov rsi, [rbx + 16]
+    call vtlkit_guest_wait_irqs
+7:  inc r12
+    add rbx, {PROG_ENTRY_SIZE}
+    jmp 4b
+8:  mov rdi, {STAGE_SENT}
+    mov rsi, r12
+    UCALL {UCALL_SYNC}
+    jmp vtlkit_guest_halt_forever
+
+// ---------------------------------------------------------------------------------------------
+// Interrupt and exception entry. 256 stubs of 16 bytes each; the IDT entry for vector v points
+// at vtlkit_guest_isr_stubs + 16 * v. Each stub makes the frame uniform (a 0 error code for
+// vectors where the CPU pushes none), pushes its vector, and jumps to the common code.
+    .balign 16
+    .globl vtlkit_guest_isr_stubs
+vtlkit_guest_isr_stubs:
+    .set vec, 0
+    .rept 256
+    .balign 16
+    .if (vec == 8) || (vec == 10) || (vec == 11) || (vec == 12) || (vec == 13) || (vec == 14) || (vec == 17) || (vec == 21) || (vec == 29) || (vec == 30)
+    .else
+    push 0                                  // no CPU-pushed error code: push a 0
+    .endif
+    push vec                                // the vector
+    jmp vtlkit_guest_isr_common
+    .set vec, vec + 1
+    .endr
+
+// Frame here: [rsp] vector, [rsp+8] error code, [rsp+16] RIP, CS, RFLAGS, RSP, SS.
+vtlkit_guest_isr_common:
+    cmp qword ptr [rsp], 32
+    jb 3f
+    // An interrupt: count it (per vector, and in total), EOI unless spurious, return.
+    push rax
+    push rcx
+    push rdx
+    mov rax, [rsp + 24]                     // vector
+    lock inc dword ptr gs:[{PCPU_IRQ_COUNTS} + rax * 4]
+    lock inc qword ptr gs:[{PCPU_IRQ_TOTAL}]
+    mov gs:[{PCPU_LAST_VECTOR}], rax
+    cmp rax, 0xff
+    je 2f
+    call vtlkit_guest_apic_eoi
+2:  pop rdx
+    pop rcx
+    pop rax
+    add rsp, 16                             // drop vector and error code
+    iretq
+3:  // An exception: nothing in these guests expects one. Abort with what the CPU told us.
+    mov rsi, [rsp]                          // vector
+    mov rcx, [rsp + 8]                      // error code
+    mov r8, [rsp + 16]                      // RIP
+    mov r9, cr2                             // faulting address, for #PF
+    lea rdi, [rip + 4f]
+    jmp vtlkit_guest_abort
+4:  .asciz "unexpected exception (vector, error code, RIP, CR2)"
+
+    .globl vtlkit_guest_end
+vtlkit_guest_end:
+    .popsection
+"#,
+    UCALL_PORT = const ucall::PORT,
+    UCALL_SYNC = const ucall::SYNC,
+    UCALL_DONE = const ucall::DONE,
+    UCALL_ABORT = const ucall::ABORT,
+    STAGE_LONG_MODE = const ucall::STAGE_LONG_MODE,
+    STAGE_APIC_READY = const ucall::STAGE_APIC_READY,
+    STAGE_SENT = const ucall::STAGE_SENT,
+    PCPU_APIC_MODE = const pcpu::APIC_MODE,
+    PCPU_HYPERCALL_VMCALL = const pcpu::HYPERCALL_VMCALL,
+    PCPU_XAPIC_LDR = const pcpu::XAPIC_LDR,
+    PCPU_XAPIC_DFR = const pcpu::XAPIC_DFR,
+    PCPU_PROGRAM = const pcpu::PROGRAM,
+    PCPU_GO = const pcpu::GO,
+    PCPU_ARGS = const pcpu::ARGS,
+    PCPU_APIC_ID_READ = const pcpu::APIC_ID_READ,
+    PCPU_LDR_READ = const pcpu::LDR_READ,
+    PCPU_IRQ_TOTAL = const pcpu::IRQ_TOTAL,
+    PCPU_LAST_VECTOR = const pcpu::LAST_VECTOR,
+    PCPU_IRQ_COUNTS = const pcpu::IRQ_COUNTS,
+    APIC_MODE_XAPIC = const pcpu::APIC_MODE_XAPIC,
+    APIC_MODE_X2APIC = const pcpu::APIC_MODE_X2APIC,
+    KVM_HC_SEND_IPI = const KVM_HC_SEND_IPI,
+    PROG_END = const prog::END,
+    PROG_ICR = const prog::ICR,
+    PROG_PV_IPI = const prog::PV_IPI,
+    PROG_WAIT_IRQS = const prog::WAIT_IRQS,
+    PROG_RESULT = const prog::RESULT,
+    PROG_ENTRY_SIZE = const prog::ENTRY_SIZE,
+);
+
+/// KVM hypercall number of the PV IPI (`KVM_HC_SEND_IPI` in include/uapi/linux/kvm_para.h).
+pub const KVM_HC_SEND_IPI: u64 = 10;
+
+extern "C" {
+    static vtlkit_guest_start: u8;
+    static vtlkit_guest_end: u8;
+    static vtlkit_guest_long_mode: u8;
+    static vtlkit_guest_apic_main: u8;
+    static vtlkit_guest_isr_stubs: u8;
+}
+
+/// Size of one interrupt stub; vector v's handler is at `ISR_STUBS + v * ISR_STUB_SIZE`.
+pub const ISR_STUB_SIZE: u64 = 16;
+
+/// Guest code a vCPU can start at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    /// Check long mode, hash ARGS[0..ARGS[1]], DONE(hash).
+    LongMode,
+    /// Enable the APIC, report ready, optionally run a send program, then halt forever.
+    ApicMain,
+}
+
+fn offset_of_symbol(sym: *const u8) -> u64 {
+    let start = &raw const vtlkit_guest_start;
+    (sym as u64).wrapping_sub(start as u64)
+}
+
+/// The guest code blob: the bytes between `vtlkit_guest_start` and `vtlkit_guest_end`.
+pub fn code() -> &'static [u8] {
+    // SAFETY: both symbols are defined in the same section by the `global_asm!` above, end after
+    // start, and the bytes between them are the (immutable) code that is part of this binary.
+    unsafe {
+        let start = &raw const vtlkit_guest_start;
+        let end = &raw const vtlkit_guest_end;
+        std::slice::from_raw_parts(start, end as usize - start as usize)
+    }
+}
+
+/// Offset of an entry point from the start of the code blob.
+pub fn entry_offset(e: Entry) -> u64 {
+    let sym = match e {
+        Entry::LongMode => &raw const vtlkit_guest_long_mode,
+        Entry::ApicMain => &raw const vtlkit_guest_apic_main,
+    };
+    offset_of_symbol(sym)
+}
+
+/// Offset of the first interrupt stub from the start of the code blob.
+pub fn isr_stubs_offset() -> u64 {
+    offset_of_symbol(&raw const vtlkit_guest_isr_stubs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blob_is_sane() {
+        let c = code();
+        assert!(!c.is_empty() && c.len() < 0x10000, "blob size {}", c.len());
+        assert!(entry_offset(Entry::LongMode) < c.len() as u64);
+        assert!(entry_offset(Entry::ApicMain) < c.len() as u64);
+        let stubs = isr_stubs_offset();
+        assert_eq!(stubs % 16, 0);
+        assert!(stubs + 256 * ISR_STUB_SIZE <= c.len() as u64);
+        const { assert!(pcpu::SIZE <= 4096) };
+    }
+}
