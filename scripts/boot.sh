@@ -3,6 +3,7 @@
 #
 # Usage: boot.sh [TEST...]           run the selftests (all, or the named ones / PREFIX*)
 #        VTLKIT_GUEST_CMD="..." boot.sh   run a shell command in the guest instead
+#        VTLKIT_GUEST_SCRIPT=NAME boot.sh run scripts/guest/NAME.sh in the guest instead
 #
 # Acceleration: real KVM only where it works (vmx/svm in the CPU flags *and* a short trial
 # boot succeeds), else TCG with -cpu max (AMD with SVM and NPT, so the guest's kvm_amd runs
@@ -69,7 +70,11 @@ pick_accel() {
 }
 
 append=""
-if [ -n "${VTLKIT_GUEST_CMD:-}" ]; then
+if [ -n "${VTLKIT_GUEST_SCRIPT:-}" ]; then
+	[ -f "$VTLKIT_ROOT/scripts/guest/$VTLKIT_GUEST_SCRIPT.sh" ] ||
+		die "booting: no guest script scripts/guest/$VTLKIT_GUEST_SCRIPT.sh"
+	append="vtlkit.script=$VTLKIT_GUEST_SCRIPT"
+elif [ -n "${VTLKIT_GUEST_CMD:-}" ]; then
 	append="vtlkit.cmd=$(echo "$VTLKIT_GUEST_CMD" | tr ' ' ',')"
 elif [ $# -gt 0 ]; then
 	append="vtlkit.tests=$(

@@ -4,6 +4,7 @@
 # Kernel command line:
 #   vtlkit.tests=a,b*   run only these selftests (default: all)
 #   vtlkit.cmd=...      run this shell command instead of the selftests (',' for spaces)
+#   vtlkit.script=NAME  run /scripts/NAME.sh (from scripts/guest/) instead of the selftests
 #   vtlkit.trial        only prove that the guest boots (accelerator trial)
 # The exit status and the kernel log go to ttyS1, which the host reads from a file.
 /bin/busybox --install -s /bin
@@ -14,17 +15,22 @@ mount -t devtmpfs devtmpfs /dev
 mount -t debugfs debugfs /sys/kernel/debug
 mount -t tmpfs tmpfs /tmp
 
-tests="" cmd="" trial=0
+tests="" cmd="" script="" trial=0
 for w in $(cat /proc/cmdline); do
 	case "$w" in
 	vtlkit.tests=*) tests=$(echo "${w#vtlkit.tests=}" | tr ',' ' ') ;;
 	vtlkit.cmd=*) cmd=$(echo "${w#vtlkit.cmd=}" | tr ',' ' ') ;;
+	vtlkit.script=*) script=${w#vtlkit.script=} ;;
 	vtlkit.trial) trial=1 ;;
 	esac
 done
 
 if [ "$trial" = 1 ]; then
 	rc=0
+elif [ -n "$script" ]; then
+	echo "vtlkit-guest: $(uname -r): running /scripts/$script.sh"
+	sh "/scripts/$script.sh"
+	rc=$?
 elif [ -n "$cmd" ]; then
 	echo "vtlkit-guest: $(uname -r): running: $cmd"
 	sh -c "$cmd"

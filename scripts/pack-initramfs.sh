@@ -18,6 +18,12 @@ mkdir -p "$stage"/{bin,dev,proc,sys,tmp,root}
 cp "$busybox" "$stage/bin/busybox"
 cp "$VTLKIT_ROOT/scripts/guest-init.sh" "$stage/init"
 cp "$bins/vtlkit-selftests" "$bins/vtlctl" "$stage/bin/"
+# Users for tests that need an unprivileged process (su nobody).
+mkdir -p "$stage/etc"
+printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n' >"$stage/etc/passwd"
+printf 'root:x:0:\nnogroup:x:65534:\n' >"$stage/etc/group"
+mkdir -p "$stage/scripts"
+cp "$VTLKIT_ROOT"/scripts/guest/*.sh "$stage/scripts/"
 chmod 755 "$stage/init" "$stage/bin/"*
 (cd "$stage" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet) >"$out.tmp" ||
 	die "packing initramfs: cpio failed"

@@ -10,6 +10,7 @@ mod guest;
 mod harness;
 mod nested;
 mod vm;
+mod vtlctl;
 
 use std::io::{self, Write};
 use std::process::ExitCode;
@@ -22,6 +23,7 @@ fn all_tests() -> Vec<Test> {
     v.extend_from_slice(basic::TESTS);
     v.extend_from_slice(nested::TESTS);
     v.extend_from_slice(apic_groups::TESTS);
+    v.extend_from_slice(vtlctl::TESTS);
     v
 }
 

@@ -1,0 +1,250 @@
+// SPDX-License-Identifier: GPL-2.0-only OR Apache-2.0
+//! Scanning KVM's debugfs for VMs, their vCPUs and the series' counters.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+/// The series' counters `vtlctl` shows when the kernel has them (VM-wide debugfs files; vCPU
+/// counters are summed over the VM's vCPUs by KVM).
+pub const COUNTERS: &[&str] = &[
+    "apic_group_irq_dropped",
+    "hv_cross_vtl_exits",
+    "vtl_protection_faults",
+];
+
+/// One vCPU as KVM's debugfs shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VcpuInfo {
+    /// KVM vcpu_id (from the directory name `vcpu<id>`).
+    pub vcpu_id: u32,
+    /// Hyper-V VP index, when the kernel exposes it.
+    pub vp_index: Option<u32>,
+    /// APIC group (interrupt namespace).
+    pub group: u32,
+    /// Guest-visible APIC ID.
+    pub apic_id: u32,
+    /// VTL label.
+    pub vtl: u8,
+}
+
+/// One VM as KVM's debugfs shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VmInfo {
+    /// `<pid>-<fd>`: KVM's name for the VM's debugfs directory.
+    pub vm: String,
+    /// Process that created the VM.
+    pub pid: u32,
+    /// That process's command name, if it is still there.
+    pub comm: Option<String>,
+    /// The VM's vCPUs, by vcpu_id.
+    pub vcpus: Vec<VcpuInfo>,
+    /// The series' counters this kernel exposes (see [`COUNTERS`]).
+    pub counters: BTreeMap<String, u64>,
+}
+
+/// Why the state could not be read. Each message says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    /// debugfs is not mounted.
+    #[error(
+        "debugfs is not mounted at {0}: mount it with `mount -t debugfs none /sys/kernel/debug`"
+    )]
+    NotMounted(PathBuf),
+    /// debugfs is mounted but KVM has no directory there.
+    #[error("{0} does not exist: KVM is not loaded (or not built in) on this kernel")]
+    NoKvm(PathBuf),
+    /// Not allowed to read.
+    #[error("permission denied reading {0}: debugfs is readable by root only; run vtlctl as root")]
+    Permission(PathBuf),
+    /// The kernel does not have the vtlkit series.
+    #[error("{0} has no apic_group file: this kernel does not carry the vtlkit series (check with `vtlctl caps`)")]
+    NoSeries(PathBuf),
+    /// A file held something that is not what KVM writes there.
+    #[error("malformed {path}: {content:?} is not {expected}")]
+    Malformed {
+        /// The file.
+        path: PathBuf,
+        /// What it held (trimmed).
+        content: String,
+        /// What was expected.
+        expected: &'static str,
+    },
+    /// The named VM is not (or no longer) there.
+    #[error("no VM {0} (it may have exited); `vtlctl ps` lists the VMs")]
+    NoSuchVm(String),
+    /// The VM went away while it was being read.
+    #[error("VM {0} vanished while being read (its VMM exited or closed it)")]
+    Vanished(String),
+    /// Any other I/O error.
+    #[error("reading {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_err(path: &Path, e: io::Error) -> ScanError {
+    if e.kind() == io::ErrorKind::PermissionDenied {
+        ScanError::Permission(path.to_path_buf())
+    } else {
+        ScanError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        }
+    }
+}
+
+/// Parse a VM directory name `<pid>-<fd>`; `None` for anything else.
+pub fn parse_vm_dir(name: &str) -> Option<(u32, u32)> {
+    let (pid, fd) = name.split_once('-')?;
+    Some((pid.parse().ok()?, fd.parse().ok()?))
+}
+
+/// Parse a vCPU directory name `vcpu<id>`; `None` for anything else.
+pub fn parse_vcpu_dir(name: &str) -> Option<u32> {
+    name.strip_prefix("vcpu")?.parse().ok()
+}
+
+fn read_num<T: std::str::FromStr>(path: &Path, expected: &'static str) -> Result<T, ScanError> {
+    let s = fs::read_to_string(path).map_err(|e| io_err(path, e))?;
+    let t = s.trim();
+    t.parse().map_err(|_| ScanError::Malformed {
+        path: path.to_path_buf(),
+        content: t.chars().take(40).collect(),
+        expected,
+    })
+}
+
+fn read_opt_num<T: std::str::FromStr>(
+    path: &Path,
+    expected: &'static str,
+) -> Result<Option<T>, ScanError> {
+    match read_num(path, expected) {
+        Ok(v) => Ok(Some(v)),
+        Err(ScanError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn check_root(root: &Path) -> Result<(), ScanError> {
+    match fs::metadata(root) {
+        Ok(m) if m.is_dir() => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            return Err(ScanError::Permission(root.to_path_buf()))
+        }
+        _ => {}
+    }
+    // Tell "debugfs missing" from "KVM missing": the parent of a real debugfs root is not empty.
+    let parent = root.parent().unwrap_or(root);
+    let mounted = match fs::read_dir(parent) {
+        Ok(mut d) => d.next().is_some(),
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            return Err(ScanError::Permission(parent.to_path_buf()))
+        }
+        Err(_) => false,
+    };
+    if mounted {
+        Err(ScanError::NoKvm(root.to_path_buf()))
+    } else {
+        Err(ScanError::NotMounted(parent.to_path_buf()))
+    }
+}
+
+fn read_vcpu(dir: &Path, vcpu_id: u32) -> Result<VcpuInfo, ScanError> {
+    let group_file = dir.join("apic_group");
+    let group = match read_num(&group_file, "a decimal APIC group") {
+        Err(ScanError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            // Stock kernel, or the vCPU directory vanished: the caller tells them apart.
+            return Err(ScanError::NoSeries(group_file));
+        }
+        r => r?,
+    };
+    let vtl: u8 = read_num(&dir.join("vtl"), "a decimal VTL (0..15)")?;
+    if vtl > 15 {
+        return Err(ScanError::Malformed {
+            path: dir.join("vtl"),
+            content: vtl.to_string(),
+            expected: "a VTL in 0..15",
+        });
+    }
+    Ok(VcpuInfo {
+        vcpu_id,
+        vp_index: read_opt_num(&dir.join("hv_vp_index"), "a decimal VP index")?,
+        group,
+        apic_id: read_num(&dir.join("apic_id"), "a decimal APIC ID")?,
+        vtl,
+    })
+}
+
+/// Read one VM directory. A VM whose directory disappears midway is [`ScanError::Vanished`].
+pub fn scan_vm(root: &Path, vm: &str) -> Result<VmInfo, ScanError> {
+    check_root(root)?;
+    let (pid, _) = parse_vm_dir(vm).ok_or_else(|| ScanError::NoSuchVm(vm.to_string()))?;
+    let dir = root.join(vm);
+    if !dir.is_dir() {
+        return Err(ScanError::NoSuchVm(vm.to_string()));
+    }
+    let vanished = |e: ScanError| -> ScanError {
+        if dir.is_dir() {
+            e
+        } else {
+            ScanError::Vanished(vm.to_string())
+        }
+    };
+    let entries = fs::read_dir(&dir).map_err(|e| vanished(io_err(&dir, e)))?;
+    let mut vcpus = Vec::new();
+    let mut counters = BTreeMap::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| vanished(io_err(&dir, e)))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(id) = parse_vcpu_dir(&name) {
+            vcpus.push(read_vcpu(&entry.path(), id).map_err(vanished)?);
+        } else if COUNTERS.contains(&name.as_str()) {
+            let v: u64 = read_num(&entry.path(), "a decimal counter").map_err(vanished)?;
+            counters.insert(name, v);
+        }
+    }
+    vcpus.sort_by_key(|v| v.vcpu_id);
+    let comm = fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|s| s.trim_end().to_string());
+    Ok(VmInfo {
+        vm: vm.to_string(),
+        pid,
+        comm,
+        vcpus,
+        counters,
+    })
+}
+
+/// Read every VM under `root` (normally `/sys/kernel/debug/kvm`), sorted by pid and fd.
+/// VMs that exit while being read are left out and named in the second list.
+pub fn scan(root: &Path) -> Result<(Vec<VmInfo>, Vec<String>), ScanError> {
+    check_root(root)?;
+    let mut names: Vec<(u32, u32, String)> = fs::read_dir(root)
+        .map_err(|e| io_err(root, e))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            parse_vm_dir(&name).map(|(p, f)| (p, f, name))
+        })
+        .collect();
+    names.sort();
+    let mut vms = Vec::new();
+    let mut gone = Vec::new();
+    for (_, _, name) in names {
+        match scan_vm(root, &name) {
+            Ok(vm) => vms.push(vm),
+            Err(ScanError::Vanished(n)) | Err(ScanError::NoSuchVm(n)) => gone.push(n),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((vms, gone))
+}
