@@ -188,7 +188,7 @@ mod tests {
         assert_eq!(get >> 30, 2, "GET is _IOR");
         assert_eq!((set >> 16) & 0x3fff, size);
         assert_eq!((get >> 16) & 0x3fff, size);
-        assert_eq!((set >> 8) & 0xff, u32::from(kvm_bindings::KVMIO));
+        assert_eq!((set >> 8) & 0xff, kvm_bindings::KVMIO);
         assert_ne!(set & 0xff, get & 0xff);
     }
 
