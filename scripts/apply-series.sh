@@ -8,6 +8,7 @@
 #
 # Usage: apply-series.sh [--check]   (--check: apply into the scratch index only, touch nothing)
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+lock_build
 
 check_only=0
 [ "${1:-}" = "--check" ] && check_only=1

@@ -13,6 +13,7 @@
 # its kernel log and exit status to ttyS1 ($VTLKIT_RUN_DIR/results.log). Any BUG, WARNING,
 # KASAN, UBSAN, lockdep or panic report in either fails the run.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+lock_build
 
 kobj=$VTLKIT_KOBJ
 [ "${VTLKIT_KCONFIG:-default}" = debug ] && kobj=$VTLKIT_KOBJ-debug

@@ -5,6 +5,7 @@
 #   VTLKIT_KCONFIG=default (vtlkit.config) | debug (vtlkit.config + debug.config)
 #   VTLKIT_UPDATE_UAPI=1   copy the exported headers into uapi/include instead of failing on drift
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+lock_build
 
 kconfig=${VTLKIT_KCONFIG:-default}
 fragments=("$VTLKIT_CONFIG_DIR/vtlkit.config")
@@ -20,32 +21,8 @@ esac
 mkdir -p "$kobj" "$VTLKIT_BUILD_DIR/logs"
 log=$VTLKIT_BUILD_DIR/logs
 
-# Configure only when the fragments changed (or there is no config yet): a fresh .config would
-# otherwise be the same, but regenerating it costs time and can touch include/config.
-want=$(cat "${fragments[@]}" | sha256sum | cut -c1-16)
-if [ ! -f "$kobj/.config" ] || [ "$(cat "$kobj/.vtlkit-fragments" 2>/dev/null)" != "$want" ]; then
-	step "configuring ($kconfig): allnoconfig + $(basename -a "${fragments[@]}" | tr '\n' ' ')"
-	run_logged "$log/config-$kconfig.log" make -C "$VTLKIT_SRC" O="$kobj" allnoconfig
-	run_logged "$log/config-$kconfig.log" "$VTLKIT_SRC/scripts/kconfig/merge_config.sh" -m -O "$kobj" \
-		"$kobj/.config" "${fragments[@]}"
-	run_logged "$log/config-$kconfig.log" make -C "$VTLKIT_SRC" O="$kobj" olddefconfig
-	# Every option the fragments ask for must have stuck.
-	bad=()
-	while IFS= read -r line; do
-		case "$line" in CONFIG_*=*) ;; *) continue ;; esac
-		grep -qxF "$line" "$kobj/.config" || bad+=("$line")
-	done < <(cat "${fragments[@]}")
-	[ ${#bad[@]} -eq 0 ] || die "configuring: these options did not stick (missing dependency?): ${bad[*]}"
-	echo "$want" >"$kobj/.vtlkit-fragments"
-else
-	step "configuring ($kconfig): unchanged"
-fi
-
-step "building bzImage ($kconfig, -j$VTLKIT_JOBS; a cold build takes ~4 min on 2 cores)"
-start=$SECONDS
-run_logged "$log/build-$kconfig.log" make -C "$VTLKIT_SRC" O="$kobj" -j"$VTLKIT_JOBS" LOCALVERSION= bzImage
-recompiled=$(grep -c '^  CC ' "$log/build-$kconfig.log" || true)
-ok "bzImage: $kobj/arch/x86/boot/bzImage ($((SECONDS - start))s, $recompiled files compiled)"
+configure_kernel "$VTLKIT_SRC" "$kobj" "$kconfig" "${fragments[@]}"
+build_bzimage "$VTLKIT_SRC" "$kobj" "$kconfig"
 
 step "exporting uAPI headers (make headers_install)"
 run_logged "$log/headers.log" make -C "$VTLKIT_SRC" O="$kobj" headers_install INSTALL_HDR_PATH="$VTLKIT_HDR"

@@ -3,6 +3,7 @@
 # for each k in a separate worktree (build/linux-bisect) and build bzImage incrementally in
 # build/kobj-bisect. The first run is a cold build; later runs recompile only what changes.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+lock_build
 
 "$VTLKIT_ROOT/scripts/get-kernel.sh"
 "$VTLKIT_ROOT/scripts/apply-series.sh"

@@ -2,6 +2,7 @@
 # Unpack the pinned Debian kernel source into $VTLKIT_BUILD_DIR/linux and record it as the git
 # commit tagged "pristine". Done once; later runs find the tag and return at once.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+lock_build
 
 if git -C "$VTLKIT_SRC" rev-parse -q --verify refs/tags/pristine >/dev/null 2>&1; then
 	step "kernel source: $VTLKIT_SRC (pristine $VTLKIT_KERNEL_PKG $VTLKIT_KERNEL_PKG_VERSION, cached)"

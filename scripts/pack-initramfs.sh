@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Pack the guest initramfs: busybox-static, /init, and the static Rust binaries.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+lock_build
 
 out=$VTLKIT_BUILD_DIR/initramfs.cpio
 bins=$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release

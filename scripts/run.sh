@@ -9,6 +9,7 @@
 # selftests, printing the TAP stream and a summary. Exit status: the suite's (0 pass, 1 fail,
 # 4 all skipped), or 1 with a message naming the step that failed.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+lock_build
 
 start=$SECONDS
 "$VTLKIT_ROOT/scripts/setup-deps.sh"

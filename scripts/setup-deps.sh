@@ -7,7 +7,7 @@ PKGS=(
 	"$VTLKIT_KERNEL_PKG=$VTLKIT_KERNEL_PKG_VERSION"
 	qemu-system-x86 busybox-static cpio xz-utils
 	build-essential flex bison bc libelf-dev libssl-dev
-	libclang-dev clang shellcheck
+	libclang-dev clang shellcheck yamllint
 )
 
 missing=()

@@ -10,6 +10,7 @@
 # every patch, and the uapi/ drift check (inside the kernel build). Guest side: scripts/run.sh.
 # Ends with one line "total: N passed, N failed, N skipped"; exits non-zero on any failure.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+lock_build
 
 cd "$VTLKIT_ROOT"
 passed=0 failed=0 skipped=0 failures=()
@@ -35,6 +36,7 @@ check() { # name, command...
 "$VTLKIT_ROOT/scripts/get-kernel.sh"
 
 check "shellcheck scripts" shellcheck -S warning scripts/*.sh scripts/tests/*.sh .ci/run
+check "yamllint (CI workflow)" yamllint -s .github/workflows
 check "rustfmt" cargo fmt --all -- --check
 check "clippy -D warnings" cargo clippy --workspace --all-targets --quiet -- -D warnings
 
