@@ -6,7 +6,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 PKGS=(
 	"$VTLKIT_KERNEL_PKG=$VTLKIT_KERNEL_PKG_VERSION"
 	qemu-system-x86 busybox-static cpio xz-utils
-	build-essential flex bison bc libelf-dev libssl-dev
+	build-essential flex bison bc libelf-dev libssl-dev rsync
 	libclang-dev clang shellcheck yamllint
 )
 
