@@ -6,6 +6,7 @@
 
 mod apic_groups;
 mod basic;
+mod fuzz;
 mod guest;
 mod harness;
 mod nested;
@@ -24,6 +25,7 @@ fn all_tests() -> Vec<Test> {
     v.extend_from_slice(nested::TESTS);
     v.extend_from_slice(apic_groups::TESTS);
     v.extend_from_slice(vtlctl::TESTS);
+    v.extend_from_slice(fuzz::TESTS);
     v
 }
 
