@@ -119,7 +119,7 @@ lock_build() {
 configure_kernel() {
 	local src=$1 kobj=$2 name=$3 want line
 	shift 3
-	local log=$VTLKIT_BUILD_DIR/logs/config-$name.log bad=()
+	local log=$VTLKIT_BUILD_DIR/logs/config-$name.log missing=()
 	mkdir -p "$kobj" "$VTLKIT_BUILD_DIR/logs"
 	want=$(cat "$@" | sha256sum | cut -c1-16)
 	if [ -f "$kobj/.config" ] && [ "$(cat "$kobj/.vtlkit-fragments" 2>/dev/null)" = "$want" ]; then
@@ -132,9 +132,9 @@ configure_kernel() {
 	run_logged "$log" make -C "$src" O="$kobj" olddefconfig
 	while IFS= read -r line; do
 		case "$line" in CONFIG_*=*) ;; *) continue ;; esac
-		grep -qxF "$line" "$kobj/.config" || bad+=("$line")
+		grep -qxF "$line" "$kobj/.config" || missing+=("$line")
 	done < <(cat "$@")
-	[ ${#bad[@]} -eq 0 ] || die "configuring: these options did not stick (missing dependency?): ${bad[*]}"
+	[ ${#missing[@]} -eq 0 ] || die "configuring: these options did not stick (missing dependency?): ${missing[*]}"
 	echo "$want" >"$kobj/.vtlkit-fragments"
 }
 
@@ -147,4 +147,28 @@ build_bzimage() {
 	run_logged "$log" make -C "$src" O="$kobj" -j"$VTLKIT_JOBS" LOCALVERSION= bzImage
 	recompiled=$(grep -c '^  CC ' "$log" || true)
 	ok "bzImage: $kobj/arch/x86/boot/bzImage ($((SECONDS - start))s, $recompiled files compiled)"
+}
+
+# The unpatched kernel for comparisons (regress.sh, bench.sh): pristine 6.12 in its own worktree.
+VTLKIT_STOCK_SRC=$VTLKIT_BUILD_DIR/linux-stock
+VTLKIT_STOCK_KOBJ=$VTLKIT_BUILD_DIR/kobj-stock
+
+# build_stock_kernel: check out the `pristine` tag in $VTLKIT_STOCK_SRC (a worktree of
+# $VTLKIT_SRC) and build its bzImage in $VTLKIT_STOCK_KOBJ with the same fragments and procedure
+# as build-kernel.sh (incremental on reruns).
+build_stock_kernel() {
+	local want
+	want=$(git -C "$VTLKIT_SRC" rev-parse 'pristine^{commit}') ||
+		die "stock kernel: no pristine tag in $VTLKIT_SRC; run scripts/get-kernel.sh"
+	if [ ! -d "$VTLKIT_STOCK_SRC" ]; then
+		step "creating worktree $VTLKIT_STOCK_SRC at pristine"
+		git -C "$VTLKIT_SRC" worktree add -q --detach "$VTLKIT_STOCK_SRC" pristine ||
+			die "stock kernel: cannot create the worktree $VTLKIT_STOCK_SRC"
+	fi
+	if [ "$(git -C "$VTLKIT_STOCK_SRC" rev-parse HEAD)" != "$want" ]; then
+		git -C "$VTLKIT_STOCK_SRC" checkout -q --detach pristine ||
+			die "stock kernel: cannot check out pristine in $VTLKIT_STOCK_SRC"
+	fi
+	configure_kernel "$VTLKIT_STOCK_SRC" "$VTLKIT_STOCK_KOBJ" stock "$VTLKIT_CONFIG_DIR/vtlkit.config"
+	build_bzimage "$VTLKIT_STOCK_SRC" "$VTLKIT_STOCK_KOBJ" stock
 }
