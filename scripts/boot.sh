@@ -4,6 +4,8 @@
 # Usage: boot.sh [TEST...]           run the selftests (all, or the named ones / PREFIX*)
 #        VTLKIT_GUEST_CMD="..." boot.sh   run a shell command in the guest instead
 #        VTLKIT_GUEST_SCRIPT=NAME boot.sh run scripts/guest/NAME.sh in the guest instead
+#        VTLKIT_KERNEL=bzImage, VTLKIT_INITRD=cpio: boot these instead of the last build's
+#        VTLKIT_KARGS="...": extra kernel command-line words (e.g. vtlkit.fuzz_seconds=300)
 #
 # Acceleration: real KVM only where it works (vmx/svm in the CPU flags *and* a short trial
 # boot succeeds), else TCG with -cpu max (AMD with SVM and NPT, so the guest's kvm_amd runs
@@ -18,7 +20,7 @@ lock_build
 kobj=$VTLKIT_KOBJ
 [ "${VTLKIT_KCONFIG:-default}" = debug ] && kobj=$VTLKIT_KOBJ-debug
 kernel=${VTLKIT_KERNEL:-$kobj/arch/x86/boot/bzImage}
-initrd=$VTLKIT_BUILD_DIR/initramfs.cpio
+initrd=${VTLKIT_INITRD:-$VTLKIT_BUILD_DIR/initramfs.cpio}
 timeout_s=${VTLKIT_TIMEOUT:-900}
 [ -f "$kernel" ] || die "booting: no kernel at $kernel; run scripts/build-kernel.sh"
 [ -f "$initrd" ] || die "booting: no initramfs at $initrd; run scripts/pack-initramfs.sh"
@@ -37,7 +39,7 @@ qemu_args() {
 		-chardev "stdio,id=con,signal=off,logfile=$serial" -serial chardev:con \
 		-serial "file:$results" \
 		-kernel "$kernel" -initrd "$initrd" \
-		-append "console=ttyS0 quiet panic=-1 oops=panic $append"
+		-append "console=ttyS0 quiet panic=-1 oops=panic $append ${VTLKIT_KARGS:-}"
 }
 
 pick_accel() {

@@ -95,6 +95,11 @@ pub mod prog {
     pub const PV_IPI: u64 = 2;
     /// Wait until this vCPU has handled a1 interrupts on vector a0 (e.g. its own self-IPI).
     pub const WAIT_IRQS: u64 = 3;
+    /// Ping-pong IPIs (the IPI benchmark): a0 = destination, a1 = ICR low word, a2 = how many
+    /// IPIs, a3 = guest-physical address of the receiver's u32 interrupt counter for the vector
+    /// (its `pcpu::IRQ_COUNTS` slot). Sends one IPI, waits until the receiver's handler has
+    /// counted it, sends the next; the TSC cycles the whole run took go in the result slot.
+    pub const PING: u64 = 4;
     /// Offset of the result slot in an entry.
     pub const RESULT: u64 = 56;
 }
@@ -340,6 +345,42 @@ vtlkit_guest_wait_irqs:
 3:  sti
     ret
 
+// vtlkit_guest_ping: RDI = destination, RSI = ICR low word, RDX = number of IPIs, RCX = address
+// of the receiver's u32 counter of interrupts on that vector. For each IPI: send it, then spin
+// until the receiver's handler has counted it (the counter reaches the value expected after
+// this IPI), so exactly one IPI is in flight at a time and each is acknowledged. Returns
+// RAX = TSC cycles from before the first send to after the last acknowledgement.
+// Clobbers RAX, RCX, RDX, RSI, RDI, R8..R11.
+vtlkit_guest_ping:
+    mov r8, rdi                             // R8 = destination
+    mov r9, rsi                             // R9 = ICR low word
+    mov r10, rdx                            // R10 = IPIs left to send
+    mov r11, rcx                            // R11 = receiver's counter
+    push rbx
+    mov ebx, dword ptr [r11]                // EBX = counter value after the last IPI so far
+    rdtsc
+    shl rdx, 32
+    or rax, rdx
+    push rax                                // start TSC
+2:  test r10, r10
+    jz 4f
+    inc ebx
+    mov rdi, r8
+    mov rsi, r9
+    call vtlkit_guest_apic_send_icr         // clobbers RAX, RCX, RDX only
+3:  pause
+    cmp dword ptr [r11], ebx                // acknowledged yet?
+    jb 3b
+    dec r10
+    jmp 2b
+4:  rdtsc
+    shl rdx, 32
+    or rax, rdx
+    pop rcx
+    sub rax, rcx                            // cycles taken
+    pop rbx
+    ret
+
 // ---------------------------------------------------------------------------------------------
 // Entry: vtlkit_guest_apic_main. The common body of the interrupt tests:
 //   1. enable the APIC as the data page says, SYNC(STAGE_APIC_READY, APIC ID, LDR, mode);
@@ -380,7 +421,16 @@ vtlkit_guest_apic_main:
     call vtlkit_guest_pv_send_ipi
     mov [rbx + {PROG_RESULT}], rax
     jmp 7f
-6:  GUEST_ASSERT_EQ rax, {PROG_WAIT_IRQS}, "unknown send-program command"
+6:  cmp rax, {PROG_PING}
+    jne 9f
+    mov rdi, [rbx + 8]
+    mov rsi, [rbx + 16]
+    mov rdx, [rbx + 24]
+    mov rcx, [rbx + 32]
+    call vtlkit_guest_ping
+    mov [rbx + {PROG_RESULT}], rax
+    jmp 7f
+9:  GUEST_ASSERT_EQ rax, {PROG_WAIT_IRQS}, "unknown send-program command"
     mov rdi, [rbx + 8]
     mov rsi, [rbx + 16]
     call vtlkit_guest_wait_irqs
@@ -470,6 +520,7 @@ vtlkit_guest_end:
     PROG_ICR = const prog::ICR,
     PROG_PV_IPI = const prog::PV_IPI,
     PROG_WAIT_IRQS = const prog::WAIT_IRQS,
+    PROG_PING = const prog::PING,
     PROG_RESULT = const prog::RESULT,
     PROG_ENTRY_SIZE = const prog::ENTRY_SIZE,
 );

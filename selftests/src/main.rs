@@ -3,9 +3,11 @@
 //! proves the series' behaviour end to end with real nested VMs.
 //!
 //! Usage: vtlkit-selftests [--list] [NAME | PREFIX* ...]
+//!        vtlkit-selftests --bench [--ipis N] [--reps R]   (IPI delivery benchmark, [`bench`])
 
 mod apic_groups;
 mod basic;
+mod bench;
 mod fuzz;
 mod guest;
 mod harness;
@@ -34,7 +36,11 @@ fn main() -> ExitCode {
     let tests = all_tests();
     if args.iter().any(|a| a == "--help" || a == "-h") {
         println!("usage: vtlkit-selftests [--list] [NAME | PREFIX* ...]");
+        println!("       vtlkit-selftests --bench [--ipis N] [--reps R]");
         return ExitCode::SUCCESS;
+    }
+    if args.first().is_some_and(|a| a == "--bench") {
+        return bench_main(&args[1..]);
     }
     if args.iter().any(|a| a == "--list") {
         for t in &tests {
@@ -57,4 +63,41 @@ fn main() -> ExitCode {
     let totals = harness::run(&selected, &mut out);
     let _ = out.flush();
     ExitCode::from(u8::try_from(totals.exit_code()).unwrap_or(1))
+}
+
+/// `--bench [--ipis N] [--reps R]`: run the IPI benchmark; 0 on success, 1 on error, 2 on bad
+/// usage.
+fn bench_main(args: &[String]) -> ExitCode {
+    let mut p = bench::Params {
+        ipis: 2000,
+        reps: 5,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let slot = match a.as_str() {
+            "--ipis" => &mut p.ipis,
+            "--reps" => &mut p.reps,
+            _ => {
+                eprintln!("vtlkit-selftests: --bench: unknown argument {a}");
+                return ExitCode::from(2);
+            }
+        };
+        match it.next().and_then(|v| v.parse::<u32>().ok()) {
+            Some(v) if v > 0 => *slot = v,
+            _ => {
+                eprintln!("vtlkit-selftests: --bench: {a} needs a positive number");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    match bench::run(p, &mut out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = out.flush();
+            eprintln!("vtlkit-bench: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
 }
