@@ -20,6 +20,9 @@ use kvm_bindings::{
 };
 use vtlkit_uapi::{raw, ApicGroup, VcpuApicGroupExt};
 
+use crate::guest::icr::{
+    DEST_LOGICAL, DM_FIXED, DM_LOWEST, LEVEL_ASSERT, SH_ALL, SH_OTHERS, SH_SELF,
+};
 use crate::guest::{pcpu, prog, ucall, Entry};
 use crate::harness::{Outcome, Test, TestResult};
 use crate::vm::{lapic_bit, lapic_reg, layout, TestVm, Ucall, Vcpu, VmOptions, DEFAULT_TIMEOUT};
@@ -72,17 +75,6 @@ pub const TESTS: &[Test] = &[
         run: apic_group_unassigned_is_stock,
     },
 ];
-
-// ---------------------------------------------------------------------------------------------
-// ICR low-word fields (Intel SDM vol. 3, 11.6.1).
-
-const DM_FIXED: u32 = 0 << 8;
-const DM_LOWEST: u32 = 1 << 8;
-const DEST_LOGICAL: u32 = 1 << 11;
-const LEVEL_ASSERT: u32 = 1 << 14;
-const SH_SELF: u32 = 1 << 18;
-const SH_ALL: u32 = 2 << 18;
-const SH_OTHERS: u32 = 3 << 18;
 
 /// How the guests run their local APICs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -50,6 +50,7 @@ use vmm_sys_util::ioctl::{ioctl_with_mut_ptr, ioctl_with_ptr};
 use vtlkit_uapi::{raw, ApicGroup, VcpuApicGroupExt};
 
 use crate::check;
+use crate::guest::icr::{DEST_LOGICAL, DM_LOWEST, LEVEL_ASSERT, SH_ALL, SH_OTHERS, SH_SELF};
 use crate::guest::{pcpu, prog, ucall, Entry};
 use crate::harness::{Outcome, Test, TestResult};
 use crate::vm::{lapic_bit, lapic_reg, layout, GuestMem, Running, TestVm, VmOptions};
@@ -342,14 +343,6 @@ fn helper_gpa(sym: *const u8) -> u64 {
     let start = &raw const vtlkit_guest_start;
     layout::CODE + (sym as u64).wrapping_sub(start as u64)
 }
-
-// ICR low-word fields.
-const DM_LOWEST: u32 = 1 << 8;
-const DEST_LOGICAL: u32 = 1 << 11;
-const LEVEL_ASSERT: u32 = 1 << 14;
-const SH_SELF: u32 = 1 << 18;
-const SH_ALL: u32 = 2 << 18;
-const SH_OTHERS: u32 = 3 << 18;
 
 /// Vector of IPIs sent by a vCPU of `group`.
 fn ipi_vector(group: u32) -> u8 {

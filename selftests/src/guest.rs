@@ -83,6 +83,24 @@ pub mod pcpu {
 
 /// The send program a vCPU runs once the host sets its GO flag: an array of [`prog::ENTRY_SIZE`]
 /// byte entries `{ kind, a0, a1, a2, a3, _, _, result }` (u64 each), ended by kind [`prog::END`].
+/// ICR low-word fields (Intel SDM vol. 3, 11.6.1), for the send programs' ICR values.
+pub mod icr {
+    /// Delivery mode: fixed.
+    pub const DM_FIXED: u32 = 0 << 8;
+    /// Delivery mode: lowest priority.
+    pub const DM_LOWEST: u32 = 1 << 8;
+    /// Logical destination mode.
+    pub const DEST_LOGICAL: u32 = 1 << 11;
+    /// Level: assert.
+    pub const LEVEL_ASSERT: u32 = 1 << 14;
+    /// Shorthand: self.
+    pub const SH_SELF: u32 = 1 << 18;
+    /// Shorthand: all including self.
+    pub const SH_ALL: u32 = 2 << 18;
+    /// Shorthand: all excluding self.
+    pub const SH_OTHERS: u32 = 3 << 18;
+}
+
 pub mod prog {
     /// Size of one entry.
     pub const ENTRY_SIZE: u64 = 64;
