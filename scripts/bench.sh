@@ -22,11 +22,7 @@ logs=$VTLKIT_BUILD_DIR/logs
 mkdir -p "$logs" "$VTLKIT_RUN_DIR"
 
 # Both kernels and the default test initramfs (which holds vtlkit-selftests).
-"$VTLKIT_ROOT/scripts/setup-deps.sh"
-"$VTLKIT_ROOT/scripts/get-kernel.sh"
-"$VTLKIT_ROOT/scripts/apply-series.sh"
-"$VTLKIT_ROOT/scripts/build-kernel.sh"
-build_stock_kernel
+build_both_kernels
 "$VTLKIT_ROOT/scripts/build-guest.sh"
 "$VTLKIT_ROOT/scripts/pack-initramfs.sh"
 

@@ -172,3 +172,13 @@ build_stock_kernel() {
 	configure_kernel "$VTLKIT_STOCK_SRC" "$VTLKIT_STOCK_KOBJ" stock "$VTLKIT_CONFIG_DIR/vtlkit.config"
 	build_bzimage "$VTLKIT_STOCK_SRC" "$VTLKIT_STOCK_KOBJ" stock
 }
+
+# build_both_kernels: the patched kernel exactly as the main job builds it (with its exported
+# headers in build/headers), and the stock one (build_stock_kernel), for regress.sh and bench.sh.
+build_both_kernels() {
+	"$VTLKIT_ROOT/scripts/setup-deps.sh"
+	"$VTLKIT_ROOT/scripts/get-kernel.sh"
+	"$VTLKIT_ROOT/scripts/apply-series.sh"
+	"$VTLKIT_ROOT/scripts/build-kernel.sh"
+	build_stock_kernel
+}

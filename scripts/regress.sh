@@ -39,14 +39,9 @@ initrd=$VTLKIT_BUILD_DIR/initramfs-kvm-selftests.cpio
 logs=$VTLKIT_BUILD_DIR/logs
 mkdir -p "$logs" "$VTLKIT_RUN_DIR"
 
-# 1. The patched kernel and its exported headers (build/headers), as the main job builds them.
-"$VTLKIT_ROOT/scripts/setup-deps.sh"
-"$VTLKIT_ROOT/scripts/get-kernel.sh"
-"$VTLKIT_ROOT/scripts/apply-series.sh"
-"$VTLKIT_ROOT/scripts/build-kernel.sh"
-
-# 2. The stock kernel: pristine in its own worktree, same fragments, same build.
-build_stock_kernel
+# 1. The patched kernel and its exported headers (build/headers), as the main job builds them,
+# and 2. the stock kernel: pristine in its own worktree, same fragments, same build.
+build_both_kernels
 
 # 3. The KVM selftests, statically linked (the guest has no libc), out of tree.
 step "building the KVM selftests (static, against the patched headers in $VTLKIT_HDR)"
