@@ -84,6 +84,8 @@ series_patches() {
 	while IFS= read -r line || [ -n "$line" ]; do
 		line=${line%%#*}
 		line=$(echo "$line" | tr -d '[:space:]')
+		# The cover letter is part of the series as sent, but has no diff to apply.
+		[ "$line" = 0000-cover-letter.patch ] && continue
 		[ -n "$line" ] && echo "$line"
 	done <"$series"
 }

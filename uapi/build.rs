@@ -19,8 +19,13 @@ fn main() {
         // Only what the vtlkit series adds: everything else comes from kvm-bindings.
         .allowlist_var("KVM_CAP_APIC_GROUPS")
         .allowlist_var("KVM_MSI_VALID_APIC_GROUP")
+        .allowlist_var("KVM_APIC_GROUP_MAX_VTL")
+        .allowlist_var("KVM_APIC_GROUP_NONE")
         .allowlist_type("vtlkit_ioctl")
         .allowlist_type("kvm_apic_group")
+        // These two gained an apic_group field; kvm-bindings has the 6.12 layout.
+        .allowlist_type("kvm_msi")
+        .allowlist_type("kvm_irq_routing_msi")
         .prepend_enum_name(false)
         .derive_default(true)
         .derive_eq(true)

@@ -158,6 +158,7 @@ fn demo(vps: u32, vtls: u32, hold: u64, ready_file: Option<PathBuf>) -> Result<E
     }
     let vm = kvm.create_vm().context("KVM_CREATE_VM")?;
     vm.create_irq_chip().context("KVM_CREATE_IRQCHIP")?;
+    vtlkit_uapi::enable_apic_groups(&vm).context("opting the VM in to APIC groups")?;
     let mut vcpus = Vec::new();
     for vtl in 0..vtls {
         for vp in 0..vps {

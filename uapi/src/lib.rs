@@ -10,8 +10,8 @@
 
 use std::io;
 
-use kvm_bindings::{kvm_irq_routing_entry, kvm_msi, KVM_IRQ_ROUTING_MSI};
-use kvm_ioctls::{Kvm, VcpuFd};
+use kvm_bindings::{kvm_enable_cap, kvm_irq_routing_entry, kvm_msi, KVM_IRQ_ROUTING_MSI};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vmm_sys_util::ioctl::{ioctl_with_mut_ref, ioctl_with_ref};
 
 /// Raw bindgen output for the series' additions to `linux/kvm.h` and `asm/kvm.h`.
@@ -61,13 +61,19 @@ impl Error {
 /// Result of the wrappers in this crate.
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// Highest VTL label KVM accepts (the TLFS architectural limit).
-pub const MAX_VTL: u8 = 15;
+/// Highest VTL label KVM accepts (`KVM_APIC_GROUP_MAX_VTL`).
+pub const MAX_VTL: u8 = raw::KVM_APIC_GROUP_MAX_VTL as u8;
+const _: () = assert!(raw::KVM_APIC_GROUP_MAX_VTL <= u8::MAX as u32);
+
+/// The group `KVM_GET_APIC_GROUP` reports for a vCPU that was not assigned one yet
+/// (`KVM_APIC_GROUP_NONE`).
+pub const APIC_GROUP_NONE: u32 = raw::KVM_APIC_GROUP_NONE;
 
 /// A vCPU's APIC group assignment: interrupt namespace, guest-visible APIC ID, VTL label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ApicGroup {
-    /// APIC group (interrupt namespace); IPIs never leave it.
+    /// APIC group (interrupt namespace); IPIs never leave it. [`APIC_GROUP_NONE`] when read
+    /// back from a vCPU that was not assigned yet.
     pub group: u32,
     /// Guest-visible (x2)APIC ID; VTL siblings in different groups share it.
     pub apic_id: u32,
@@ -96,11 +102,39 @@ impl From<raw::kvm_apic_group> for ApicGroup {
     }
 }
 
+impl ApicGroup {
+    /// Whether this is a real assignment, not [`APIC_GROUP_NONE`].
+    pub fn is_assigned(&self) -> bool {
+        self.group != APIC_GROUP_NONE
+    }
+}
+
 /// How many APIC groups this kernel supports (`KVM_CAP_APIC_GROUPS`); 0 on a kernel without
 /// the series.
 pub fn apic_groups_supported(kvm: &Kvm) -> u32 {
     let r = kvm.check_extension_raw(libc::c_ulong::from(raw::KVM_CAP_APIC_GROUPS));
     u32::try_from(r).unwrap_or(0)
+}
+
+/// `KVM_ENABLE_CAP(KVM_CAP_APIC_GROUPS)`: opt the VM in, after creating its in-kernel irqchip
+/// and before creating any vCPU. Its vCPUs then start without a group, and each must be
+/// assigned one with [`VcpuApicGroupExt::set_apic_group`] before it runs (`KVM_RUN` fails with
+/// `ENOEXEC` until then).
+pub fn enable_apic_groups(vm: &VmFd) -> Result<()> {
+    enable_apic_groups_raw(vm, [0; 4])
+}
+
+/// [`enable_apic_groups`] with the capability's arguments as given (they must be zero).
+pub fn enable_apic_groups_raw(vm: &VmFd, args: [u64; 4]) -> Result<()> {
+    let cap = kvm_enable_cap {
+        cap: raw::KVM_CAP_APIC_GROUPS,
+        args,
+        ..Default::default()
+    };
+    vm.enable_cap(&cap).map_err(|e| Error::Ioctl {
+        op: "KVM_ENABLE_CAP(KVM_CAP_APIC_GROUPS)",
+        source: io::Error::from_raw_os_error(e.errno()),
+    })
 }
 
 /// The APIC-group vCPU ioctls.
@@ -149,22 +183,61 @@ impl VcpuApicGroupExt for VcpuFd {
     }
 }
 
-/// An MSI for `KVM_SIGNAL_MSI` aimed at APIC group `group` (`KVM_MSI_VALID_APIC_GROUP`).
-pub fn msi_to_group(mut msi: kvm_msi, group: u32) -> kvm_msi {
-    msi.flags |= raw::KVM_MSI_VALID_APIC_GROUP;
-    msi.devid = group;
-    msi
+// kvm-bindings' `kvm_msi` and routing union have 6.12's layout, in which `apic_group` is
+// padding; the series' layout must fit in exactly the same bytes.
+const _: () = assert!(std::mem::size_of::<raw::kvm_msi>() == std::mem::size_of::<kvm_msi>());
+const _: () = assert!(
+    std::mem::size_of::<raw::kvm_irq_routing_msi>()
+        <= std::mem::size_of::<kvm_bindings::kvm_irq_routing_entry__bindgen_ty_1>()
+);
+
+/// An MSI for `KVM_SIGNAL_MSI` (kvm-ioctls' `VmFd::signal_msi`) aimed at APIC group `group`:
+/// sets `KVM_MSI_VALID_APIC_GROUP` and the series' `apic_group` field.
+pub fn msi_to_group(msi: kvm_msi, group: u32) -> kvm_msi {
+    let mut m = msi_to_raw(msi);
+    m.flags |= raw::KVM_MSI_VALID_APIC_GROUP;
+    m.apic_group = group;
+    msi_from_raw(m)
 }
 
-/// Make a `KVM_SET_GSI_ROUTING` MSI entry target APIC group `group`.
+/// The series' view of a kvm-bindings MSI (same size; `apic_group` is 6.12's padding).
+pub fn msi_to_raw(msi: kvm_msi) -> raw::kvm_msi {
+    // SAFETY: both are plain-old-data C structs of the same size (asserted above) made of
+    // integers, so every bit pattern of one is a valid value of the other.
+    unsafe { std::mem::transmute::<kvm_msi, raw::kvm_msi>(msi) }
+}
+
+/// A kvm-bindings MSI from the series' view, for kvm-ioctls' `VmFd::signal_msi`.
+pub fn msi_from_raw(msi: raw::kvm_msi) -> kvm_msi {
+    // SAFETY: as in `msi_to_raw`, the other way round.
+    unsafe { std::mem::transmute::<raw::kvm_msi, kvm_msi>(msi) }
+}
+
+/// Make a `KVM_SET_GSI_ROUTING` MSI entry target APIC group `group`: sets
+/// `KVM_MSI_VALID_APIC_GROUP` and the series' `apic_group` field of the MSI route.
 ///
 /// Returns the entry unchanged if it is not an MSI entry.
 pub fn route_to_group(mut e: kvm_irq_routing_entry, group: u32) -> kvm_irq_routing_entry {
     if e.type_ == KVM_IRQ_ROUTING_MSI {
         e.flags |= raw::KVM_MSI_VALID_APIC_GROUP;
-        e.u.msi.__bindgen_anon_1.devid = group;
+        // SAFETY: `e.u` is a union of plain integer structs at least as large as the series'
+        // `kvm_irq_routing_msi` (asserted above) and at least as aligned (it holds u64s); the
+        // pointer is derived from a live, exclusive borrow of `e`.
+        unsafe {
+            let msi = std::ptr::addr_of_mut!(e.u).cast::<raw::kvm_irq_routing_msi>();
+            (*msi).apic_group = group;
+        }
     }
     e
+}
+
+/// The APIC group an MSI routing entry names, if it has `KVM_MSI_VALID_APIC_GROUP`.
+pub fn route_group(e: &kvm_irq_routing_entry) -> Option<u32> {
+    if e.type_ != KVM_IRQ_ROUTING_MSI || e.flags & raw::KVM_MSI_VALID_APIC_GROUP == 0 {
+        return None;
+    }
+    // SAFETY: as in `route_to_group`, reading through a shared borrow.
+    Some(unsafe { (*std::ptr::addr_of!(e.u).cast::<raw::kvm_irq_routing_msi>()).apic_group })
 }
 
 #[cfg(test)]
@@ -206,17 +279,39 @@ mod tests {
     }
 
     #[test]
-    fn msi_helpers_set_flag_and_group() {
+    fn msi_helpers_set_flag_and_group_not_devid() {
         let m = msi_to_group(kvm_msi::default(), 5);
         assert_ne!(m.flags & raw::KVM_MSI_VALID_APIC_GROUP, 0);
-        assert_eq!(m.devid, 5);
+        assert_eq!(m.devid, 0, "the group has a field of its own");
+        assert_eq!(msi_to_raw(m).apic_group, 5);
+        // apic_group is the 4 bytes after devid, where 6.12 had pad[0..4].
+        assert_eq!(std::mem::offset_of!(raw::kvm_msi, apic_group), 20);
+        assert_eq!(m.pad[..4], 5u32.to_ne_bytes());
+
         let e = kvm_irq_routing_entry {
             type_: KVM_IRQ_ROUTING_MSI,
             ..Default::default()
         };
+        assert_eq!(route_group(&e), None);
         let e = route_to_group(e, 2);
         assert_ne!(e.flags & raw::KVM_MSI_VALID_APIC_GROUP, 0);
-        // SAFETY: reading the union arm we just wrote.
-        assert_eq!(unsafe { e.u.msi.__bindgen_anon_1.devid }, 2);
+        assert_eq!(route_group(&e), Some(2));
+        assert_eq!(
+            std::mem::offset_of!(raw::kvm_irq_routing_msi, apic_group),
+            16
+        );
+        // SAFETY: reading the union arm that holds the route's devid: untouched.
+        assert_eq!(unsafe { e.u.msi.__bindgen_anon_1.devid }, 0);
+    }
+
+    #[test]
+    fn constants_come_from_the_header() {
+        assert_eq!(MAX_VTL, 15);
+        assert_eq!(APIC_GROUP_NONE, u32::MAX);
+        assert!(!ApicGroup {
+            group: APIC_GROUP_NONE,
+            ..Default::default()
+        }
+        .is_assigned());
     }
 }

@@ -124,11 +124,16 @@ struct kvm_lapic_state {
 	char regs[KVM_APIC_REG_SIZE];
 };
 
+/* Highest VTL label accepted by KVM_SET_APIC_GROUP */
+#define KVM_APIC_GROUP_MAX_VTL	15
+/* KVM_GET_APIC_GROUP: the vCPU has not been assigned to a group yet */
+#define KVM_APIC_GROUP_NONE	0xffffffffU
+
 /* for KVM_SET_APIC_GROUP and KVM_GET_APIC_GROUP */
 struct kvm_apic_group {
 	__u32 group;		/* APIC group (interrupt namespace) */
 	__u32 apic_id;		/* guest-visible (x2)APIC ID */
-	__u8  vtl;		/* label, 0..15, not interpreted by KVM */
+	__u8  vtl;		/* VTL label, 0..KVM_APIC_GROUP_MAX_VTL */
 	__u8  pad[3];		/* must be zero */
 	__u32 flags;		/* must be zero */
 	__u64 reserved[4];	/* must be zero */

@@ -942,6 +942,7 @@ struct kvm_irq_routing_msi {
 		__u32 pad;
 		__u32 devid;
 	};
+	__u32 apic_group;	/* x86, with KVM_MSI_VALID_APIC_GROUP */
 };
 
 struct kvm_irq_routing_s390_adapter {
@@ -1086,7 +1087,7 @@ struct kvm_one_reg {
 };
 
 #define KVM_MSI_VALID_DEVID	(1U << 0)
-/* x86: devid holds the target APIC group, see KVM_CAP_APIC_GROUPS */
+/* x86: apic_group names the target APIC group, see KVM_CAP_APIC_GROUPS */
 #define KVM_MSI_VALID_APIC_GROUP	(1U << 1)
 struct kvm_msi {
 	__u32 address_lo;
@@ -1094,7 +1095,8 @@ struct kvm_msi {
 	__u32 data;
 	__u32 flags;
 	__u32 devid;
-	__u8  pad[12];
+	__u32 apic_group;	/* x86, with KVM_MSI_VALID_APIC_GROUP */
+	__u8  pad[8];
 };
 
 struct kvm_arm_device_addr {
