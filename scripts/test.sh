@@ -55,6 +55,7 @@ if [ "$rc" != 0 ]; then
 	printf '%s    FAIL cargo test (log: %s)%s\n' "$_c_err" "$log" "$_c_off"
 fi
 
+check "record-debugfs (the recorder stores comm, vtlctl reads it back)" scripts/tests/record-debugfs.sh
 check "series-errors (broken or missing patch is named)" scripts/tests/series-errors.sh
 check "checkpatch --strict on kernel-patches" "$VTLKIT_ROOT/scripts/checkpatch.sh"
 
