@@ -53,7 +53,12 @@ for p in "${patches[@]}"; do
 		die "applying patches: $p is not a git format-patch mail"
 	if ! git -C "$VTLKIT_SRC" apply --cached --whitespace=error-all "$scratch/diff" 2>"$scratch/err"; then
 		sed 's/^/    /' "$scratch/err" >&2
-		die "applying patches: $p (patch $i of $n) does not apply: $(head -n 1 "$scratch/err")"
+		base=$(pristine_version)
+		[ "$base" = "$VTLKIT_KERNEL_PKG_VERSION" ] ||
+			warn_loud "the kernel source is $VTLKIT_KERNEL_PKG ${base:-of unknown version}, not the pinned $VTLKIT_KERNEL_PKG_VERSION" \
+				"the series was written against (the pin is gone from apt): rebase the series onto it" \
+				"(README: Editing a patch) and set VTLKIT_KERNEL_PKG_VERSION in scripts/lib.sh."
+		die "applying patches: $p (patch $i of $n) does not apply${base:+ to $VTLKIT_KERNEL_PKG $base}: $(head -n 1 "$scratch/err")"
 	fi
 	author=$(sed -n 's/^Author: //p' "$scratch/info")
 	email=$(sed -n 's/^Email: //p' "$scratch/info")

@@ -4,18 +4,26 @@
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 lock_build
 
+pin=$VTLKIT_KERNEL_PKG_VERSION
 if git -C "$VTLKIT_SRC" rev-parse -q --verify refs/tags/pristine >/dev/null 2>&1; then
-	step "kernel source: $VTLKIT_SRC (pristine $VTLKIT_KERNEL_PKG $VTLKIT_KERNEL_PKG_VERSION, cached)"
+	have=$(pristine_version)
+	step "kernel source: $VTLKIT_SRC (pristine $VTLKIT_KERNEL_PKG ${have:-unknown version}, cached)"
+	[ "$have" = "$pin" ] ||
+		warn_loud "the kernel source is $VTLKIT_KERNEL_PKG ${have:-of unknown version}, not the pinned $pin"
 	exit 0
 fi
 
 [ -f "$VTLKIT_KERNEL_TARBALL" ] ||
 	die "fetching source: $VTLKIT_KERNEL_TARBALL not found; run scripts/setup-deps.sh (installs $VTLKIT_KERNEL_PKG)"
-have=$(dpkg-query -W -f='${Version}' "$VTLKIT_KERNEL_PKG" 2>/dev/null || true)
-[ "$have" = "$VTLKIT_KERNEL_PKG_VERSION" ] ||
-	die "fetching source: $VTLKIT_KERNEL_PKG is '${have:-not installed}', the pin is $VTLKIT_KERNEL_PKG_VERSION"
+have=$(kernel_pkg_installed)
+[[ "$have" == 6.12.* ]] ||
+	die "fetching source: $VTLKIT_KERNEL_PKG is '${have:-not installed}', not a 6.12.y; run scripts/setup-deps.sh (the pin is $pin)"
+if [ "$have" != "$pin" ]; then
+	warn_loud "unpacking $VTLKIT_KERNEL_PKG $have, not the pinned $pin (no longer offered by apt);" \
+		"the series was written against $pin: apply-series.sh will say if it does not apply."
+fi
 
-step "fetching source: unpacking $VTLKIT_KERNEL_TARBALL ($VTLKIT_KERNEL_PKG_VERSION)"
+step "fetching source: unpacking $VTLKIT_KERNEL_TARBALL ($have)"
 rm -rf "$VTLKIT_SRC" "$VTLKIT_SRC.tmp"
 mkdir -p "$VTLKIT_SRC.tmp"
 run_logged "$VTLKIT_BUILD_DIR/logs/unpack.log" \
@@ -33,7 +41,7 @@ step "fetching source: recording the pristine tree as a git commit (once, about 
 	# -f: Debian's top-level .gitignore ignores "/*"; we build out of tree, so take it all.
 	git add -A -f .
 	GIT_AUTHOR_DATE="2000-01-01T00:00:00Z" GIT_COMMITTER_DATE="2000-01-01T00:00:00Z" \
-		git commit -q -m "Debian $VTLKIT_KERNEL_PKG $VTLKIT_KERNEL_PKG_VERSION (pristine)"
+		git commit -q -m "Debian $VTLKIT_KERNEL_PKG $have (pristine)"
 	git tag pristine
 ) >"$VTLKIT_BUILD_DIR/logs/git-import.log" 2>&1 || die "fetching source: git import failed (see $VTLKIT_BUILD_DIR/logs/git-import.log)"
 mv "$VTLKIT_SRC.tmp" "$VTLKIT_SRC"

@@ -14,10 +14,13 @@ set -o errexit -o nounset -o pipefail
 
 VTLKIT_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
-# The one pinned kernel source: Debian's linux-source-6.12 package, this exact version.
+# The pinned kernel source: Debian's linux-source-6.12 package, this exact version. It comes
+# from Debian's security suite, which drops it when a newer 6.12.y ships: then setup-deps.sh
+# takes the 6.12.y that apt offers, with a warning (pick_kernel_pkg_version), and
+# apply-series.sh says so if the series does not apply to it.
 VTLKIT_KERNEL_PKG=linux-source-6.12
 VTLKIT_KERNEL_PKG_VERSION=6.12.117-1~deb12u1
-VTLKIT_KERNEL_TARBALL=/usr/src/linux-source-6.12.tar.xz
+VTLKIT_KERNEL_TARBALL=${VTLKIT_KERNEL_TARBALL:-/usr/src/linux-source-6.12.tar.xz}
 
 VTLKIT_BUILD_DIR=${VTLKIT_BUILD_DIR:-$VTLKIT_ROOT/build}
 VTLKIT_SERIES_DIR=${VTLKIT_SERIES_DIR:-$VTLKIT_ROOT/kernel-patches}
@@ -88,6 +91,76 @@ series_patches() {
 		[ "$line" = 0000-cover-letter.patch ] && continue
 		[ -n "$line" ] && echo "$line"
 	done <"$series"
+}
+
+# warn_loud LINE...: a warning that stands out in a long log (stderr, one marked line each).
+warn_loud() {
+	local line
+	printf '%svtlkit: WARNING: %s%s\n' "$_c_err" "************************************************" "$_c_off" >&2
+	for line in "$@"; do
+		printf '%svtlkit: WARNING: %s%s\n' "$_c_err" "$line" "$_c_off" >&2
+	done
+}
+
+# version_ge HAVE WANT: true if version HAVE >= WANT (dotted numbers, e.g. 1.85 or 1.85.0).
+version_ge() {
+	[ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n 1)" = "$2" ]
+}
+
+# kernel_pkg_installed: the installed version of $VTLKIT_KERNEL_PKG, or nothing.
+kernel_pkg_installed() {
+	local have
+	have=$(dpkg-query -W -f='${Status} ${Version}' "$VTLKIT_KERNEL_PKG" 2>/dev/null || true)
+	case "$have" in "install ok installed "*) echo "${have##* }" ;; esac
+}
+
+# pick_kernel_pkg_version: print the $VTLKIT_KERNEL_PKG version to use, from apt's current
+# lists (run apt-get update first). The pin when it is installed or apt offers it; else a
+# 6.12.y that is already installed, else the one apt would install - both with a loud
+# warning; no 6.12.y at all is an error that says where the package comes from.
+pick_kernel_pkg_version() {
+	local have cand pin=$VTLKIT_KERNEL_PKG_VERSION
+	have=$(kernel_pkg_installed)
+	if [ "$have" = "$pin" ] ||
+		apt-cache madison "$VTLKIT_KERNEL_PKG" 2>/dev/null | awk -F'|' '{gsub(/ /, "", $2); print $2}' | grep -qxF "$pin"; then
+		echo "$pin"
+		return 0
+	fi
+	cand=$have
+	if [[ "$cand" != 6.12.* ]]; then
+		cand=$(apt-cache policy "$VTLKIT_KERNEL_PKG" 2>/dev/null | sed -n 's/^ *Candidate: *//p' | head -n 1)
+	fi
+	if [[ "$cand" != 6.12.* ]]; then
+		die "kernel source: apt offers no $VTLKIT_KERNEL_PKG (wanted $pin, or any 6.12.y): it comes from Debian 12's security suite; add 'deb http://deb.debian.org/debian-security bookworm-security main' to /etc/apt/sources.list and run apt-get update"
+	fi
+	warn_loud "the pinned $VTLKIT_KERNEL_PKG $pin is no longer offered by apt" \
+		"(Debian's security suite keeps only the newest 6.12.y); using $cand instead${have:+ (installed)}." \
+		"The series was written against $pin; if a patch does not apply, rebase the series" \
+		"and set VTLKIT_KERNEL_PKG_VERSION in scripts/lib.sh to the new version."
+	echo "$cand"
+}
+
+# pristine_version: the $VTLKIT_KERNEL_PKG version the pristine tree was imported from
+# (get-kernel.sh writes it into the commit subject), or nothing.
+pristine_version() {
+	git -C "$VTLKIT_SRC" log -1 --format=%s pristine 2>/dev/null |
+		sed -n "s/^Debian $VTLKIT_KERNEL_PKG \([^ ]*\) (pristine)\$/\1/p"
+}
+
+# check_rust_toolchain: cargo and rustc are there and at least the workspace's rust-version.
+check_rust_toolchain() {
+	local want tool have edition
+	want=$(sed -n 's/^rust-version *= *"\([0-9.]*\)".*/\1/p' "$VTLKIT_ROOT/Cargo.toml" | head -n 1)
+	edition=$(sed -n 's/^edition *= *"\([0-9]*\)".*/\1/p' "$VTLKIT_ROOT/Cargo.toml" | head -n 1)
+	local how="install Rust $want or newer with rustup (https://rustup.rs), or \`rustup update stable\` if you have it; Debian 12's own rustc/cargo packages are too old"
+	for tool in cargo rustc; do
+		command -v "$tool" >/dev/null || die "Rust toolchain: $tool not found; $how"
+		have=$("$tool" --version 2>/dev/null | awk '{print $2}')
+		have=${have%%-*}
+		[ -n "$have" ] || die "Rust toolchain: \`$tool --version\` does not say its version; $how"
+		version_ge "$have" "$want" ||
+			die "Rust toolchain: $tool $have is too old: the workspace needs $want or newer (rust-version in Cargo.toml, edition $edition); $how"
+	done
 }
 
 need_root_or_sudo() {

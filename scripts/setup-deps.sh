@@ -4,33 +4,39 @@
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 PKGS=(
-	"$VTLKIT_KERNEL_PKG=$VTLKIT_KERNEL_PKG_VERSION"
 	qemu-system-x86 busybox-static cpio xz-utils
 	build-essential flex bison bc libelf-dev libssl-dev rsync
 	libclang-dev clang shellcheck yamllint
 )
 
+updated=0
+apt_update() {
+	[ "$updated" = 1 ] && return 0
+	need_root_or_sudo apt-get update -q >/dev/null || die "apt-get update failed"
+	updated=1
+}
+
 missing=()
 for p in "${PKGS[@]}"; do
-	name=${p%%=*}
-	want=${p#*=}
-	have=$(dpkg-query -W -f='${Status} ${Version}' "$name" 2>/dev/null || true)
-	case "$have" in
-	"install ok installed "*)
-		if [ "$want" != "$p" ] && [ "${have##* }" != "$want" ]; then
-			missing+=("$p")
-		fi
-		;;
-	*) missing+=("$p") ;;
-	esac
+	have=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+	[ "$have" = "install ok installed" ] || missing+=("$p")
 done
 
 step "checking host packages"
+# The kernel source: the pin if it is installed or apt still offers it, else the 6.12.y apt
+# offers (pick_kernel_pkg_version warns loudly).
+kernel=$VTLKIT_KERNEL_PKG_VERSION
+if [ "$(kernel_pkg_installed)" != "$kernel" ]; then
+	apt_update
+	kernel=$(pick_kernel_pkg_version)
+	[ "$(kernel_pkg_installed)" = "$kernel" ] || missing+=("$VTLKIT_KERNEL_PKG=$kernel")
+fi
+
 if [ ${#missing[@]} -eq 0 ]; then
-	ok "all ${#PKGS[@]} packages present"
+	ok "all $((${#PKGS[@]} + 1)) packages present ($VTLKIT_KERNEL_PKG $kernel)"
 else
 	info "installing: ${missing[*]}"
-	need_root_or_sudo apt-get update -q >/dev/null || die "apt-get update failed"
+	apt_update
 	if ! need_root_or_sudo env DEBIAN_FRONTEND=noninteractive \
 		apt-get install -y -q --no-install-recommends "${missing[@]}" >"${TMPDIR:-/tmp}/vtlkit-apt.log" 2>&1; then
 		tail -n 20 "${TMPDIR:-/tmp}/vtlkit-apt.log" >&2
@@ -44,6 +50,6 @@ else
 	ok "installed ${#missing[@]} packages"
 fi
 
-for tool in cargo rustc; do
-	command -v "$tool" >/dev/null || die "$tool not found: install a Rust toolchain (rustup) first"
-done
+step "checking the Rust toolchain"
+check_rust_toolchain
+ok "$(rustc --version), $(cargo --version)"

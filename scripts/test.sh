@@ -5,7 +5,8 @@
 #   scripts/test.sh
 #
 # Host side: shellcheck, rustfmt, clippy (-D warnings), cargo test (unit tests of every crate), the
-# pipeline's own error-path tests (scripts/tests/series-errors.sh before the build,
+# pipeline's own tests (scripts/tests/record-debugfs.sh, kernel-source.sh and series-errors.sh
+# before the build,
 # scripts/tests/boot-failures.sh after it), checkpatch --strict on
 # every patch, and the uapi/ drift check (inside the kernel build). Guest side: scripts/run.sh.
 # Ends with one line "total: N passed, N failed, N skipped"; exits non-zero on any failure.
@@ -55,6 +56,8 @@ if [ "$rc" != 0 ]; then
 	printf '%s    FAIL cargo test (log: %s)%s\n' "$_c_err" "$log" "$_c_off"
 fi
 
+check "record-debugfs (the recorder stores comm, vtlctl reads it back)" scripts/tests/record-debugfs.sh
+check "kernel-source (pinned linux-source-6.12 or the offered 6.12.y; Rust version)" scripts/tests/kernel-source.sh
 check "series-errors (broken or missing patch is named)" scripts/tests/series-errors.sh
 check "checkpatch --strict on kernel-patches" "$VTLKIT_ROOT/scripts/checkpatch.sh"
 

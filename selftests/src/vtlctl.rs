@@ -205,11 +205,11 @@ fn expect_fail(out: &Output, code: i32, needle: &str, what: &str) -> anyhow::Res
 
 fn vtlctl_errors() -> TestResult {
     require!(is_root(), "needs root to unmount debugfs and move /dev/kvm");
-    // Bad arguments name the bad value, and create nothing.
+    // Bad arguments are bad usage (exit 2), name the bad value, and create nothing.
     let out = vtlctl(&["demo", "--vtls", "17"])?;
-    expect_fail(&out, 1, "--vtls 17", "demo --vtls 17")?;
+    expect_fail(&out, 2, "'17' for '--vtls", "demo --vtls 17")?;
     let out = vtlctl(&["demo", "--vps", "0"])?;
-    expect_fail(&out, 1, "--vps 0", "demo --vps 0")?;
+    expect_fail(&out, 2, "'0' for '--vps", "demo --vps 0")?;
     let out = vtlctl(&["show", "nonsense"])?;
     expect_fail(&out, 4, "nonsense", "show nonsense")?;
 

@@ -16,6 +16,16 @@ pub const COUNTERS: &[&str] = &[
     "vtl_protection_faults",
 ];
 
+/// What a vCPU's debugfs `apic_group` file reads while the vCPU is not in any group
+/// (`KVM_APIC_GROUP_NONE`).
+pub const GROUP_NONE: u32 = u32::MAX;
+
+/// The live debugfs directory of KVM, where `vtlctl` looks by default.
+pub const DEFAULT_ROOT: &str = "/sys/kernel/debug/kvm";
+
+/// `statfs(2)`'s `f_type` of a debugfs mount.
+const DEBUGFS_MAGIC: libc::__fsword_t = 0x6462_6720;
+
 /// One vCPU as KVM's debugfs shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VcpuInfo {
@@ -23,8 +33,10 @@ pub struct VcpuInfo {
     pub vcpu_id: u32,
     /// Hyper-V VP index, when the kernel exposes it.
     pub vp_index: Option<u32>,
-    /// APIC group (interrupt namespace).
-    pub group: u32,
+    /// APIC group (interrupt namespace); `None` while the vCPU is not assigned to one yet
+    /// (debugfs reads [`GROUP_NONE`]: a VM that opted in to APIC groups creates its vCPUs
+    /// unassigned).
+    pub group: Option<u32>,
     /// Guest-visible APIC ID.
     pub apic_id: u32,
     /// VTL label.
@@ -38,7 +50,8 @@ pub struct VmInfo {
     pub vm: String,
     /// Process that created the VM.
     pub pid: u32,
-    /// That process's command name, if it is still there.
+    /// That process's command name: from `/proc` on a live debugfs, from the tree's
+    /// `proc/<pid>/comm` on a recorded one; `None` when it is not there.
     pub comm: Option<String>,
     /// The VM's vCPUs, by vcpu_id.
     pub vcpus: Vec<VcpuInfo>,
@@ -166,6 +179,7 @@ fn read_vcpu(dir: &Path, vcpu_id: u32) -> Result<VcpuInfo, ScanError> {
         }
         r => r?,
     };
+    let group = (group != GROUP_NONE).then_some(group);
     let vtl: u8 = read_num(&dir.join("vtl"), "a decimal VTL (0..15)")?;
     if vtl > 15 {
         return Err(ScanError::Malformed {
@@ -183,8 +197,47 @@ fn read_vcpu(dir: &Path, vcpu_id: u32) -> Result<VcpuInfo, ScanError> {
     })
 }
 
-/// Read one VM directory. A VM whose directory disappears midway is [`ScanError::Vanished`].
+/// Whether `root` is KVM's directory in a mounted debugfs (as opposed to a tree recorded
+/// elsewhere, e.g. the test fixtures).
+pub fn is_live_debugfs(root: &Path) -> bool {
+    if root == Path::new(DEFAULT_ROOT) {
+        return true;
+    }
+    let Ok(c) = std::ffi::CString::new(root.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: an all-zero statfs is a valid value of this plain C struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a live, exclusively borrowed statfs.
+    let r = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    r == 0 && st.f_type == DEBUGFS_MAGIC
+}
+
+/// Where the `<pid>/comm` files for the VMs under `root` are: `/proc` for a live debugfs,
+/// `<root>/proc` for a recorded tree (scripts/guest/record-debugfs.sh stores them there; trees
+/// recorded before that have none, and their VMs' comm is `None`).
+pub fn comm_root(root: &Path) -> PathBuf {
+    if is_live_debugfs(root) {
+        PathBuf::from("/proc")
+    } else {
+        root.join("proc")
+    }
+}
+
+fn read_comm(comm_root: &Path, pid: u32) -> Option<String> {
+    fs::read_to_string(comm_root.join(pid.to_string()).join("comm"))
+        .ok()
+        .map(|s| s.trim_end().to_string())
+}
+
+/// Read one VM directory, with the comm from [`comm_root`]. A VM whose directory disappears
+/// midway is [`ScanError::Vanished`].
 pub fn scan_vm(root: &Path, vm: &str) -> Result<VmInfo, ScanError> {
+    scan_vm_in(root, &comm_root(root), vm)
+}
+
+/// [`scan_vm`] with the comm read from `<comm_root>/<pid>/comm`.
+pub fn scan_vm_in(root: &Path, comm_root: &Path, vm: &str) -> Result<VmInfo, ScanError> {
     check_root(root)?;
     let (pid, _) = parse_vm_dir(vm).ok_or_else(|| ScanError::NoSuchVm(vm.to_string()))?;
     let dir = root.join(vm);
@@ -212,9 +265,7 @@ pub fn scan_vm(root: &Path, vm: &str) -> Result<VmInfo, ScanError> {
         }
     }
     vcpus.sort_by_key(|v| v.vcpu_id);
-    let comm = fs::read_to_string(format!("/proc/{pid}/comm"))
-        .ok()
-        .map(|s| s.trim_end().to_string());
+    let comm = read_comm(comm_root, pid);
     Ok(VmInfo {
         vm: vm.to_string(),
         pid,
@@ -227,6 +278,11 @@ pub fn scan_vm(root: &Path, vm: &str) -> Result<VmInfo, ScanError> {
 /// Read every VM under `root` (normally `/sys/kernel/debug/kvm`), sorted by pid and fd.
 /// VMs that exit while being read are left out and named in the second list.
 pub fn scan(root: &Path) -> Result<(Vec<VmInfo>, Vec<String>), ScanError> {
+    scan_in(root, &comm_root(root))
+}
+
+/// [`scan`] with the comm read from `<comm_root>/<pid>/comm`.
+pub fn scan_in(root: &Path, comm_root: &Path) -> Result<(Vec<VmInfo>, Vec<String>), ScanError> {
     check_root(root)?;
     let mut names: Vec<(u32, u32, String)> = fs::read_dir(root)
         .map_err(|e| io_err(root, e))?
@@ -240,7 +296,7 @@ pub fn scan(root: &Path) -> Result<(Vec<VmInfo>, Vec<String>), ScanError> {
     let mut vms = Vec::new();
     let mut gone = Vec::new();
     for (_, _, name) in names {
-        match scan_vm(root, &name) {
+        match scan_vm_in(root, comm_root, &name) {
             Ok(vm) => vms.push(vm),
             Err(ScanError::Vanished(n)) | Err(ScanError::NoSuchVm(n)) => gone.push(n),
             Err(e) => return Err(e),

@@ -7,12 +7,21 @@
 //! ```text
 //! /sys/kernel/debug/kvm/<pid>-<vm fd>/            one directory per VM
 //!     <stat>                                      VM stats, and vCPU stats summed over vCPUs
-//!     vcpu<vcpu_id>/apic_group, apic_id, vtl      the series' per-vCPU state
+//!     vcpu<vcpu_id>/apic_group, apic_id, vtl      the series' per-vCPU state (apic_group
+//!                                                 reads 4294967295 while unassigned)
 //!     vcpu<vcpu_id>/hv_vp_index                   Hyper-V VP index
 //! ```
+//!
+//! A tree recorded elsewhere (`--debugfs DIR`, the test fixtures) may also hold
+//! `proc/<pid>/comm`, the command name of each VM's process when it was recorded.
 #![deny(missing_docs)]
 
 pub mod debugfs;
+pub mod filter;
 pub mod render;
 
-pub use debugfs::{scan, scan_vm, ScanError, VcpuInfo, VmInfo, COUNTERS};
+pub use debugfs::{
+    comm_root, is_live_debugfs, scan, scan_in, scan_vm, scan_vm_in, ScanError, VcpuInfo, VmInfo,
+    COUNTERS, DEFAULT_ROOT, GROUP_NONE,
+};
+pub use filter::{Filter, GroupSel};

@@ -1,22 +1,26 @@
 // SPDX-License-Identifier: GPL-2.0-only OR Apache-2.0
 //! vtlctl: inspect the vtlkit KVM series on a running kernel.
 //!
-//! Exit status: 0 success; 1 error (message on stderr); 2 bad usage; 3 the kernel does not
-//! carry the series; 4 the named VM does not exist (or vanished).
+//! Exit status: 0 success (also when stdout is a pipe whose reader went away, or a `--watch`
+//! ended with Ctrl-C); 1 error (message on stderr); 2 bad usage; 3 the kernel does not carry
+//! the series; 4 the named VM does not exist (or vanished).
 
 use std::fs;
+use std::io::{self, IsTerminal, Write};
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use kvm_bindings::{kvm_msr_entry, Msrs};
 use kvm_ioctls::{Cap, Kvm};
 use serde::Serialize;
-use vtlctl::render::{self, VmsDoc, JSON_SCHEMA};
-use vtlctl::ScanError;
+use vtlctl::filter::{parse_vtl, MAX_GROUPS};
+use vtlctl::render::{self, Sample, VmsDoc, VpsDoc, JSON_SCHEMA};
+use vtlctl::{Filter, GroupSel, ScanError, VmInfo};
 use vtlkit_uapi::{ApicGroup, VcpuApicGroupExt};
 
 const EXIT_NO_SERIES: u8 = 3;
@@ -34,8 +38,9 @@ struct Cli {
     /// Print JSON (schema documented in README.md) instead of a table.
     #[arg(long, global = true)]
     json: bool,
-    /// KVM's debugfs directory.
-    #[arg(long, global = true, default_value = "/sys/kernel/debug/kvm")]
+    /// KVM's debugfs directory, or a tree recorded by scripts/guest/record-debugfs.sh (then
+    /// COMM comes from its proc/<pid>/comm, not from this host's /proc).
+    #[arg(long, global = true, default_value = vtlctl::DEFAULT_ROOT)]
     debugfs: PathBuf,
     #[command(subcommand)]
     cmd: Command,
@@ -46,11 +51,26 @@ enum Command {
     /// Does this kernel carry the series? Which capabilities and limits does it report?
     Caps,
     /// List every VM on the host: vCPUs, groups, VTLs, counters.
-    Ps,
+    Ps {
+        #[command(flatten)]
+        watch: WatchArgs,
+    },
     /// Show the vCPUs of every VM (or of the named ones: `<pid>-<fd>` as `ps` prints).
     Show {
-        /// VMs to show.
-        vms: Vec<String>,
+        #[command(flatten)]
+        sel: Select,
+        #[command(flatten)]
+        watch: WatchArgs,
+    },
+    /// One line per virtual processor, its VTL siblings side by side (one column per VTL).
+    ///
+    /// vCPUs with the same Hyper-V VP index and APIC ID are one VP; each VTL column shows the
+    /// VP's vCPU at that VTL as `vcpu<id>/g<group>` (`g-`: not assigned to a group yet).
+    Vps {
+        #[command(flatten)]
+        sel: Select,
+        #[command(flatten)]
+        watch: WatchArgs,
     },
     /// Build a VM with VTL siblings and keep it alive for inspection.
     ///
@@ -58,10 +78,10 @@ enum Command {
     /// Hyper-V VP index `vp`.
     Demo {
         /// Virtual processors (1..=64).
-        #[arg(long, default_value_t = 2)]
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
         vps: u32,
         /// VTLs per VP (1..=16, and at most what KVM_CAP_APIC_GROUPS reports).
-        #[arg(long, default_value_t = 2)]
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
         vtls: u32,
         /// Seconds to stay alive; 0 = until killed.
         #[arg(long, default_value_t = 0)]
@@ -70,6 +90,65 @@ enum Command {
         #[arg(long)]
         ready_file: Option<PathBuf>,
     },
+}
+
+/// Which VMs and vCPUs `show` and `vps` print.
+#[derive(Args)]
+struct Select {
+    /// VMs to show (`<pid>-<fd>`); default: every VM.
+    vms: Vec<String>,
+    /// Also a VM to show (same as naming it; repeatable).
+    #[arg(long = "vm", value_name = "VM")]
+    vm: Vec<String>,
+    /// Only vCPUs in this APIC group (0..=15, or `none` for unassigned vCPUs; repeatable).
+    #[arg(long, value_name = "GROUP", value_parser = parse_group)]
+    group: Vec<GroupSel>,
+    /// Only vCPUs with this VTL label (0..=15; repeatable).
+    #[arg(long, value_name = "VTL", value_parser = parse_vtl)]
+    vtl: Vec<u8>,
+}
+
+/// `--watch [SECONDS] [--count N]`.
+#[derive(Args)]
+struct WatchArgs {
+    /// Redraw every SECONDS (default 2; 0.1..=3600) with each counter's change since the
+    /// previous sample, until Ctrl-C.
+    #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2",
+          value_parser = parse_interval)]
+    watch: Option<Duration>,
+    /// With --watch: stop after N samples.
+    #[arg(long, value_name = "N", requires = "watch",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    count: Option<u64>,
+}
+
+fn parse_group(s: &str) -> Result<GroupSel, vtlctl::filter::FilterError> {
+    s.parse()
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.1..=3600.0).contains(&v) => Ok(Duration::from_secs_f64(v)),
+        _ => Err(format!("{s:?} is not an interval: use 0.1..=3600 seconds")),
+    }
+}
+
+/// A bad argument that clap cannot judge alone (exit status 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Usage(String);
+
+/// Write to stdout. A reader that went away (EPIPE) comes back as an error that [`main`]
+/// turns into a quiet exit.
+fn out(s: &str) -> io::Result<()> {
+    let mut o = io::stdout().lock();
+    o.write_all(s.as_bytes())?;
+    o.flush()
+}
+
+/// Write a line to stderr; if stderr is gone too there is nobody left to tell.
+fn warn(msg: &str) {
+    let _ = writeln!(io::stderr().lock(), "{msg}");
 }
 
 /// `vtlctl caps --json` (schema 1).
@@ -121,7 +200,7 @@ fn caps() -> Result<Caps> {
     })
 }
 
-fn print_caps(c: &Caps) {
+fn caps_text(c: &Caps) -> String {
     let yn = |b: bool| if b { "yes" } else { "no" };
     let rows = [
         ("kernel", c.kernel_release.clone()),
@@ -133,28 +212,33 @@ fn print_caps(c: &Caps) {
         ("max vCPUs", c.max_vcpus.to_string()),
         ("max vCPU id", c.max_vcpu_id.to_string()),
     ];
-    for (k, v) in rows {
-        println!("{k:<16} {v}");
-    }
+    rows.iter().map(|(k, v)| format!("{k:<16} {v}\n")).collect()
 }
 
 fn demo(vps: u32, vtls: u32, hold: u64, ready_file: Option<PathBuf>) -> Result<ExitCode> {
+    // clap checked the ranges; this is the second line of defence for callers of demo().
     if !(1..=64).contains(&vps) {
-        bail!("--vps {vps} is out of range: use 1..=64");
+        return Err(Usage(format!("--vps {vps} is out of range: use 1..=64")).into());
     }
-    if !(1..=16).contains(&vtls) {
-        bail!("--vtls {vtls} is out of range: use 1..=16");
+    if !(1..=MAX_GROUPS).contains(&vtls) {
+        return Err(Usage(format!(
+            "--vtls {vtls} is out of range: use 1..={MAX_GROUPS}"
+        ))
+        .into());
     }
     let kvm = open_kvm()?;
     let groups = vtlkit_uapi::apic_groups_supported(&kvm);
     if groups == 0 {
-        eprintln!(
-            "vtlctl: error: this kernel does not carry the vtlkit series (no KVM_CAP_APIC_GROUPS)"
+        warn(
+            "vtlctl: error: this kernel does not carry the vtlkit series (no KVM_CAP_APIC_GROUPS)",
         );
         return Ok(ExitCode::from(EXIT_NO_SERIES));
     }
     if vtls > groups {
-        bail!("--vtls {vtls} needs {vtls} APIC groups, but this kernel supports {groups}");
+        return Err(Usage(format!(
+            "--vtls {vtls} needs {vtls} APIC groups, but this kernel supports {groups}"
+        ))
+        .into());
     }
     let vm = kvm.create_vm().context("KVM_CREATE_VM")?;
     vm.create_irq_chip().context("KVM_CREATE_IRQCHIP")?;
@@ -191,15 +275,15 @@ fn demo(vps: u32, vtls: u32, hold: u64, ready_file: Option<PathBuf>) -> Result<E
         }
     }
     let name = format!("{}-{}", std::process::id(), vm.as_raw_fd());
-    println!(
-        "demo VM {name}: {vps} VPs x {vtls} VTLs ({} vCPUs); inspect with `vtlctl show {name}`",
+    out(&format!(
+        "demo VM {name}: {vps} VPs x {vtls} VTLs ({} vCPUs); inspect with `vtlctl show {name}`\n",
         vcpus.len()
-    );
+    ))?;
     if let Some(f) = ready_file {
         fs::write(&f, format!("{name}\n")).with_context(|| format!("writing {}", f.display()))?;
     }
     if hold == 0 {
-        println!("holding until killed (Ctrl-C)");
+        out("holding until killed (Ctrl-C)\n")?;
         loop {
             std::thread::sleep(Duration::from_secs(3600));
         }
@@ -214,18 +298,206 @@ fn scan_error(e: ScanError) -> Result<ExitCode> {
         ScanError::NoSuchVm(_) | ScanError::Vanished(_) => EXIT_NO_VM,
         _ => 1,
     };
-    eprintln!("vtlctl: error: {e}");
+    warn(&format!("vtlctl: error: {e}"));
     Ok(ExitCode::from(code))
 }
 
+/// Which listing `ps`, `show` and `vps` print.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum View {
+    Ps,
+    Show,
+    Vps,
+}
+
+impl View {
+    fn name(self) -> &'static str {
+        match self {
+            View::Ps => "ps",
+            View::Show => "show",
+            View::Vps => "vps",
+        }
+    }
+}
+
+/// One reading of the VMs asked for: the VMs (filtered) and those that exited meanwhile.
+fn collect(
+    root: &Path,
+    names: &[String],
+    filter: &Filter,
+) -> Result<(Vec<VmInfo>, Vec<String>), ScanError> {
+    let (vms, vanished) = if names.is_empty() {
+        vtlctl::scan(root)?
+    } else {
+        let comm_root = vtlctl::comm_root(root);
+        let mut v = Vec::new();
+        for n in names {
+            v.push(vtlctl::scan_vm_in(root, &comm_root, n)?);
+        }
+        (v, Vec::new())
+    };
+    Ok((filter.apply(vms), vanished))
+}
+
+/// One frame of `ps`/`show`/`vps`: a JSON document (one line per sample with --watch) or a
+/// table, counters with their change since `prev`.
+fn render_frame(
+    view: View,
+    json: bool,
+    compact: bool,
+    filtered: bool,
+    vms: &[VmInfo],
+    vanished: &[String],
+    prev: Option<&Sample>,
+) -> Result<String> {
+    if json {
+        let doc = if view == View::Vps {
+            let rows = render::vp_rows(vms);
+            serde_json::to_value(VpsDoc {
+                schema: JSON_SCHEMA,
+                vps: &rows,
+                vanished,
+            })?
+        } else {
+            serde_json::to_value(VmsDoc {
+                schema: JSON_SCHEMA,
+                vms,
+                vanished,
+            })?
+        };
+        let s = if compact {
+            serde_json::to_string(&doc)?
+        } else {
+            serde_json::to_string_pretty(&doc)?
+        };
+        return Ok(s + "\n");
+    }
+    let mut s = String::new();
+    for n in vanished {
+        s += &format!("note: VM {n} exited while being read\n");
+    }
+    if vms.is_empty() {
+        s += if filtered {
+            "no vCPUs match the filter\n"
+        } else {
+            "no VMs\n"
+        };
+        return Ok(s);
+    }
+    s += &match view {
+        View::Ps => render::ps_table_with(vms, prev),
+        View::Show => render::show_table_with(vms, prev),
+        View::Vps => render::vps_table_with(vms, prev),
+    };
+    Ok(s)
+}
+
+/// Set by SIGINT while `--watch` runs: finish the current frame and exit 0.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+fn catch_sigint() {
+    let handler: extern "C" fn(libc::c_int) = on_sigint;
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe; the previous
+    // disposition is not needed.
+    unsafe { libc::signal(libc::SIGINT, handler as libc::sighandler_t) };
+}
+
+/// Sleep `d`, or less if Ctrl-C comes; true if it did.
+fn sleep_unless_stopped(d: Duration) -> bool {
+    let end = Instant::now() + d;
+    loop {
+        if STOP.load(Ordering::Relaxed) {
+            return true;
+        }
+        let now = Instant::now();
+        if now >= end {
+            return false;
+        }
+        std::thread::sleep((end - now).min(Duration::from_millis(50)));
+    }
+}
+
+fn list(cli: &Cli, view: View, sel: Option<&Select>, watch: &WatchArgs) -> Result<ExitCode> {
+    let mut names: Vec<String> = Vec::new();
+    let mut filter = Filter::default();
+    if let Some(sel) = sel {
+        names.extend(sel.vms.iter().chain(&sel.vm).cloned());
+        filter.groups.clone_from(&sel.group);
+        filter.vtls.clone_from(&sel.vtl);
+    }
+    let Some(interval) = watch.watch else {
+        let (vms, vanished) = match collect(&cli.debugfs, &names, &filter) {
+            Ok(r) => r,
+            Err(e) => return scan_error(e),
+        };
+        // Tables note vanished VMs on stderr, JSON lists them in the document.
+        let listed: &[String] = if cli.json { &vanished } else { &[] };
+        if !cli.json {
+            for n in &vanished {
+                warn(&format!("vtlctl: note: VM {n} exited while being read"));
+            }
+        }
+        let filtered = !filter.is_empty();
+        out(&render_frame(
+            view, cli.json, false, filtered, &vms, listed, None,
+        )?)?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    catch_sigint();
+    let tty = !cli.json && io::stdout().is_terminal();
+    let start = Instant::now();
+    let mut prev: Option<Sample> = None;
+    let mut n: u64 = 0;
+    loop {
+        n += 1;
+        let (vms, vanished) = match collect(&cli.debugfs, &names, &filter) {
+            Ok(r) => r,
+            Err(e) => return scan_error(e),
+        };
+        let mut frame = String::new();
+        if !cli.json {
+            if tty {
+                frame += "\x1b[H\x1b[2J";
+            } else if n > 1 {
+                frame += "\n";
+            }
+            frame += &format!(
+                "every {:.1}s: vtlctl {}, sample {n}{}, +{:.1}s (Ctrl-C ends)\n",
+                interval.as_secs_f64(),
+                view.name(),
+                watch.count.map_or_else(String::new, |c| format!(" of {c}")),
+                start.elapsed().as_secs_f64(),
+            );
+        }
+        frame += &render_frame(
+            view,
+            cli.json,
+            true,
+            !filter.is_empty(),
+            &vms,
+            &vanished,
+            prev.as_ref(),
+        )?;
+        out(&frame)?;
+        prev = Some(render::sample(&vms));
+        if watch.count.is_some_and(|c| n >= c) || sleep_unless_stopped(interval) {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
-    match cli.cmd {
+    match &cli.cmd {
         Command::Caps => {
             let c = caps()?;
             if cli.json {
-                println!("{}", serde_json::to_string_pretty(&c)?);
+                out(&(serde_json::to_string_pretty(&c)? + "\n"))?;
             } else {
-                print_caps(&c);
+                out(&caps_text(&c))?;
             }
             // Scripts can test for the series with `vtlctl caps >/dev/null`.
             Ok(if c.series_present {
@@ -234,59 +506,41 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::from(EXIT_NO_SERIES)
             })
         }
-        Command::Ps | Command::Show { .. } => {
-            let (vms, vanished) = match &cli.cmd {
-                Command::Show { vms: names } if !names.is_empty() => {
-                    let mut v = Vec::new();
-                    for n in names {
-                        match vtlctl::scan_vm(&cli.debugfs, n) {
-                            Ok(vm) => v.push(vm),
-                            Err(e) => return scan_error(e),
-                        }
-                    }
-                    (v, Vec::new())
-                }
-                _ => match vtlctl::scan(&cli.debugfs) {
-                    Ok(r) => r,
-                    Err(e) => return scan_error(e),
-                },
-            };
-            if cli.json {
-                let doc = VmsDoc {
-                    schema: JSON_SCHEMA,
-                    vms: &vms,
-                    vanished: &vanished,
-                };
-                println!("{}", serde_json::to_string_pretty(&doc)?);
-            } else {
-                for n in &vanished {
-                    eprintln!("vtlctl: note: VM {n} exited while being read");
-                }
-                if vms.is_empty() {
-                    println!("no VMs");
-                } else if matches!(cli.cmd, Command::Ps) {
-                    print!("{}", render::ps_table(&vms));
-                } else {
-                    print!("{}", render::show_table(&vms));
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Ps { watch } => list(&cli, View::Ps, None, watch),
+        Command::Show { sel, watch } => list(&cli, View::Show, Some(sel), watch),
+        Command::Vps { sel, watch } => list(&cli, View::Vps, Some(sel), watch),
         Command::Demo {
             vps,
             vtls,
             hold,
             ready_file,
-        } => demo(vps, vtls, hold, ready_file),
+        } => demo(*vps, *vtls, *hold, ready_file.clone()),
     }
 }
 
+/// Whether `e` is a write to a pipe nobody reads any more.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+    })
+}
+
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
-        Ok(code) => code,
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
         Err(e) => {
-            eprintln!("vtlctl: error: {e:#}");
-            ExitCode::from(1)
+            // --help/--version (exit 0) or bad usage (exit 2); a closed stdout is no error.
+            let _ = e.print();
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
+    };
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            warn(&format!("vtlctl: error: {e:#}"));
+            ExitCode::from(if e.is::<Usage>() { 2 } else { 1 })
         }
     }
 }

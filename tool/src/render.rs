@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0-only OR Apache-2.0
 //! Human-readable tables and the JSON document `vtlctl --json` prints.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
@@ -59,19 +59,63 @@ fn set_summary<T: Ord + ToString>(it: impl Iterator<Item = T>) -> String {
         .join(",")
 }
 
-fn counters_summary(vm: &VmInfo) -> String {
+/// The groups of a VM's vCPUs, e.g. `0,1`; `-` stands for unassigned vCPUs (listed last).
+fn groups_summary(vm: &VmInfo) -> String {
+    let mut s = set_summary(vm.vcpus.iter().filter_map(|v| v.group));
+    if vm.vcpus.iter().any(|v| v.group.is_none()) {
+        if s == "-" {
+            return s;
+        }
+        s += ",-";
+    }
+    s
+}
+
+/// Counter values of a previous sample, by VM name and counter name (`vtlctl ... --watch`).
+pub type Sample = BTreeMap<String, BTreeMap<String, u64>>;
+
+/// The counters of `vms`, to pass as the previous sample of the next frame.
+pub fn sample(vms: &[VmInfo]) -> Sample {
+    vms.iter()
+        .map(|vm| (vm.vm.clone(), vm.counters.clone()))
+        .collect()
+}
+
+/// `name=value` for each counter; with a previous sample that has the VM, each followed by
+/// its change since then: `(+3)`, or `(reset)` if it went down.
+fn counters_summary(vm: &VmInfo, prev: Option<&Sample>) -> String {
     if vm.counters.is_empty() {
         return "-".into();
     }
+    let before = prev.and_then(|p| p.get(&vm.vm));
     vm.counters
         .iter()
-        .map(|(k, v)| format!("{k}={v}"))
+        .map(|(k, v)| match before.and_then(|b| b.get(k)) {
+            Some(old) => match v.checked_sub(*old) {
+                Some(d) => format!("{k}={v} (+{d})"),
+                None => format!("{k}={v} (reset)"),
+            },
+            None => format!("{k}={v}"),
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }
 
+/// `<vm>: <counters>` lines for the VMs that have counters.
+fn counter_lines(vms: &[VmInfo], prev: Option<&Sample>) -> String {
+    vms.iter()
+        .filter(|vm| !vm.counters.is_empty())
+        .map(|vm| format!("{}: {}\n", vm.vm, counters_summary(vm, prev)))
+        .collect()
+}
+
 /// `vtlctl ps`: one line per VM.
 pub fn ps_table(vms: &[VmInfo]) -> String {
+    ps_table_with(vms, None)
+}
+
+/// [`ps_table`] with counter changes since `prev`.
+pub fn ps_table_with(vms: &[VmInfo], prev: Option<&Sample>) -> String {
     let rows: Vec<Vec<String>> = vms
         .iter()
         .map(|vm| {
@@ -80,9 +124,9 @@ pub fn ps_table(vms: &[VmInfo]) -> String {
                 vm.pid.to_string(),
                 opt(vm.comm.clone()),
                 vm.vcpus.len().to_string(),
-                set_summary(vm.vcpus.iter().map(|v| v.group)),
+                groups_summary(vm),
                 set_summary(vm.vcpus.iter().map(|v| v.vtl)),
-                counters_summary(vm),
+                counters_summary(vm, prev),
             ]
         })
         .collect();
@@ -94,6 +138,11 @@ pub fn ps_table(vms: &[VmInfo]) -> String {
 
 /// `vtlctl show`: one line per vCPU, VMs one after the other.
 pub fn show_table(vms: &[VmInfo]) -> String {
+    show_table_with(vms, None)
+}
+
+/// [`show_table`] with counter changes since `prev`.
+pub fn show_table_with(vms: &[VmInfo], prev: Option<&Sample>) -> String {
     let rows: Vec<Vec<String>> = vms
         .iter()
         .flat_map(|vm| {
@@ -102,24 +151,112 @@ pub fn show_table(vms: &[VmInfo]) -> String {
                     vm.vm.clone(),
                     v.vcpu_id.to_string(),
                     opt(v.vp_index),
-                    v.group.to_string(),
+                    opt(v.group),
                     v.apic_id.to_string(),
                     v.vtl.to_string(),
                 ]
             })
         })
         .collect();
-    let mut out = table(&["VM", "VCPU", "VP", "GROUP", "APIC_ID", "VTL"], &rows);
-    for vm in vms.iter().filter(|vm| !vm.counters.is_empty()) {
-        out += &format!("{}: {}\n", vm.vm, counters_summary(vm));
+    table(&["VM", "VCPU", "VP", "GROUP", "APIC_ID", "VTL"], &rows) + &counter_lines(vms, prev)
+}
+
+/// One vCPU in a [`VpRow`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VpCell {
+    /// KVM vcpu_id.
+    pub vcpu_id: u32,
+    /// APIC group; `None` while unassigned.
+    pub group: Option<u32>,
+}
+
+/// One virtual processor: the vCPUs of a VM that share a Hyper-V VP index and an APIC ID
+/// (VTL siblings), by VTL label.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VpRow {
+    /// The VM (`<pid>-<fd>`).
+    pub vm: String,
+    /// Hyper-V VP index, when the kernel exposes it.
+    pub vp_index: Option<u32>,
+    /// Guest-visible APIC ID.
+    pub apic_id: u32,
+    /// VTL label -> the vCPUs at that VTL (normally one; more if several vCPUs claim the same
+    /// VP, APIC ID and VTL, e.g. unassigned vCPUs).
+    pub vtls: BTreeMap<u8, Vec<VpCell>>,
+}
+
+/// Group each VM's vCPUs into VPs: rows by VM, then VP index, then APIC ID.
+pub fn vp_rows(vms: &[VmInfo]) -> Vec<VpRow> {
+    let mut rows = Vec::new();
+    for vm in vms {
+        let mut by_vp: BTreeMap<(Option<u32>, u32), BTreeMap<u8, Vec<VpCell>>> = BTreeMap::new();
+        for v in &vm.vcpus {
+            by_vp
+                .entry((v.vp_index, v.apic_id))
+                .or_default()
+                .entry(v.vtl)
+                .or_default()
+                .push(VpCell {
+                    vcpu_id: v.vcpu_id,
+                    group: v.group,
+                });
+        }
+        rows.extend(by_vp.into_iter().map(|((vp_index, apic_id), vtls)| VpRow {
+            vm: vm.vm.clone(),
+            vp_index,
+            apic_id,
+            vtls,
+        }));
     }
-    out
+    rows
+}
+
+/// `vtlctl vps`: one line per VP, one column per VTL present, each cell `vcpu<id>/g<group>`
+/// (`g-`: unassigned), `-` where the VP has no vCPU at that VTL.
+pub fn vps_table(vms: &[VmInfo]) -> String {
+    vps_table_with(vms, None)
+}
+
+/// [`vps_table`] with counter changes since `prev`.
+pub fn vps_table_with(vms: &[VmInfo], prev: Option<&Sample>) -> String {
+    let rows = vp_rows(vms);
+    let vtls: BTreeSet<u8> = rows.iter().flat_map(|r| r.vtls.keys().copied()).collect();
+    let mut header: Vec<String> = ["VM", "VP", "APIC_ID"].map(String::from).to_vec();
+    header.extend(vtls.iter().map(|v| format!("VTL{v}")));
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let mut line = vec![r.vm.clone(), opt(r.vp_index), r.apic_id.to_string()];
+            line.extend(vtls.iter().map(|vtl| {
+                match r.vtls.get(vtl) {
+                    Some(c) => c
+                        .iter()
+                        .map(|c| format!("vcpu{}/g{}", c.vcpu_id, opt(c.group)))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    None => "-".into(),
+                }
+            }));
+            line
+        })
+        .collect();
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+    table(&header, &cells) + &counter_lines(vms, prev)
+}
+
+/// `vtlctl vps --json`.
+#[derive(Debug, Serialize)]
+pub struct VpsDoc<'a> {
+    /// [`JSON_SCHEMA`].
+    pub schema: u32,
+    /// The VPs of every VM shown.
+    pub vps: &'a [VpRow],
+    /// VMs that exited while being read.
+    pub vanished: &'a [String],
 }
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
     use crate::debugfs::VcpuInfo;
 
@@ -132,14 +269,14 @@ mod tests {
                 VcpuInfo {
                     vcpu_id: 0,
                     vp_index: Some(0),
-                    group: 0,
+                    group: Some(0),
                     apic_id: 0,
                     vtl: 0,
                 },
                 VcpuInfo {
                     vcpu_id: 10,
                     vp_index: None,
-                    group: 1,
+                    group: Some(1),
                     apic_id: 0,
                     vtl: 1,
                 },
@@ -194,5 +331,124 @@ mod tests {
         assert_eq!(v["vms"][0]["vcpus"][1]["group"], 1);
         assert_eq!(v["vms"][0]["vcpus"][1]["vtl"], 1);
         assert_eq!(v["vms"][0]["counters"]["apic_group_irq_dropped"], 3);
+    }
+
+    /// A 2 VP x 2 VTL VM (as `vtlctl demo` builds it) plus an unassigned vCPU.
+    fn siblings() -> VmInfo {
+        let v = |vcpu_id, vp: u32, group: Option<u32>, vtl| VcpuInfo {
+            vcpu_id,
+            vp_index: Some(vp),
+            group,
+            apic_id: vp,
+            vtl,
+        };
+        VmInfo {
+            vm: "7-3".into(),
+            pid: 7,
+            comm: None,
+            vcpus: vec![
+                v(0, 0, Some(0), 0),
+                v(1, 1, Some(0), 0),
+                v(2, 0, Some(1), 1),
+                v(3, 1, Some(1), 1),
+                VcpuInfo {
+                    vcpu_id: 4,
+                    vp_index: Some(4),
+                    group: None,
+                    apic_id: 4,
+                    vtl: 0,
+                },
+            ],
+            counters: BTreeMap::from([("apic_group_irq_dropped".to_string(), 5)]),
+        }
+    }
+
+    #[test]
+    fn unassigned_group_is_a_dash() {
+        let t = show_table(&[siblings()]);
+        assert_eq!(t.lines().nth(5), Some("7-3  4     4   -      4        0"));
+        let t = ps_table(&[siblings()]);
+        assert!(
+            t.lines().nth(1).is_some_and(|l| l.contains(" 0,1,- ")),
+            "{t}"
+        );
+        let mut all_unassigned = siblings();
+        all_unassigned.vcpus.retain(|v| v.group.is_none());
+        assert!(ps_table(&[all_unassigned])
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.split_whitespace().nth(4) == Some("-")));
+        let v: serde_json::Value = serde_json::to_value(VmsDoc {
+            schema: JSON_SCHEMA,
+            vms: &[siblings()],
+            vanished: &[],
+        })
+        .expect("serialize");
+        assert_eq!(v["vms"][0]["vcpus"][4]["group"], serde_json::Value::Null);
+        assert_eq!(v["vms"][0]["vcpus"][3]["group"], 1);
+    }
+
+    #[test]
+    fn vps_puts_vtl_siblings_side_by_side() {
+        let t = vps_table(&[siblings()]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], "VM   VP  APIC_ID  VTL0      VTL1");
+        assert_eq!(lines[1], "7-3  0   0        vcpu0/g0  vcpu2/g1");
+        assert_eq!(lines[2], "7-3  1   1        vcpu1/g0  vcpu3/g1");
+        assert_eq!(lines[3], "7-3  4   4        vcpu4/g-  -");
+        assert_eq!(lines[4], "7-3: apic_group_irq_dropped=5");
+        assert_eq!(lines.len(), 5);
+        let rows = vp_rows(&[siblings()]);
+        let v: serde_json::Value = serde_json::to_value(VpsDoc {
+            schema: JSON_SCHEMA,
+            vps: &rows,
+            vanished: &[],
+        })
+        .expect("serialize");
+        assert_eq!(v["vps"][0]["vm"], "7-3");
+        assert_eq!(v["vps"][0]["apic_id"], 0);
+        assert_eq!(v["vps"][0]["vtls"]["1"][0]["vcpu_id"], 2);
+        assert_eq!(v["vps"][0]["vtls"]["1"][0]["group"], 1);
+        assert_eq!(
+            v["vps"][2]["vtls"]["0"][0]["group"],
+            serde_json::Value::Null
+        );
+    }
+
+    #[test]
+    fn vps_lists_vcpus_that_claim_the_same_vp_and_vtl() {
+        let mut vm = siblings();
+        vm.vcpus[4].apic_id = 0;
+        vm.vcpus[4].vp_index = Some(0);
+        let t = vps_table(&[vm]);
+        assert_eq!(
+            t.lines().nth(1),
+            Some("7-3  0   0        vcpu0/g0,vcpu4/g-  vcpu2/g1")
+        );
+    }
+
+    #[test]
+    fn counter_deltas_against_the_previous_sample() {
+        let now = [siblings()];
+        let mut before = sample(&now);
+        assert!(show_table_with(&now, Some(&before)).contains("7-3: apic_group_irq_dropped=5 (+0)"));
+        before
+            .get_mut("7-3")
+            .and_then(|c| c.get_mut("apic_group_irq_dropped"))
+            .map(|c| *c = 2)
+            .expect("counter");
+        assert!(show_table_with(&now, Some(&before)).contains("7-3: apic_group_irq_dropped=5 (+3)"));
+        assert!(ps_table_with(&now, Some(&before)).contains("=5 (+3)"));
+        assert!(vps_table_with(&now, Some(&before)).contains("=5 (+3)"));
+        before
+            .get_mut("7-3")
+            .and_then(|c| c.get_mut("apic_group_irq_dropped"))
+            .map(|c| *c = 9)
+            .expect("counter");
+        assert!(show_table_with(&now, Some(&before)).contains("=5 (reset)"));
+        // A VM that was not in the previous sample has no delta.
+        assert!(
+            show_table_with(&now, Some(&Sample::new())).contains("7-3: apic_group_irq_dropped=5\n")
+        );
     }
 }

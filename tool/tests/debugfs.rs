@@ -4,63 +4,13 @@
 //!
 //! A fixture line is `<path relative to /sys/kernel/debug/kvm>: <file content>`.
 
+mod common;
+
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
+use common::{demo_vm_name, keep, tree, vtlctl, DEMO, NO_SERIES};
 use vtlctl::{scan, scan_vm, ScanError};
-
-const DEMO: &str = include_str!("fixtures/demo-2x2.tree");
-const NO_SERIES: &str = include_str!("fixtures/no-series.tree");
-
-/// Materialise a fixture under `<tmp>/kvm`, applying `edit(path, content) -> Option<content>`
-/// (None drops the file).
-fn tree(
-    fixture: &str,
-    edit: impl Fn(&str, &str) -> Option<String>,
-) -> (tempfile::TempDir, PathBuf) {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let root = tmp.path().join("kvm");
-    fs::create_dir_all(&root).expect("mkdir");
-    for line in fixture.lines() {
-        let (path, content) = line
-            .split_once(": ")
-            .unwrap_or((line.trim_end_matches(':'), ""));
-        let Some(content) = edit(path, content) else {
-            continue;
-        };
-        let p = root.join(path);
-        fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
-        fs::write(&p, format!("{content}\n")).expect("write");
-    }
-    (tmp, root)
-}
-
-fn keep(_: &str, c: &str) -> Option<String> {
-    Some(c.to_string())
-}
-
-fn demo_vm_name() -> String {
-    DEMO.lines()
-        .next()
-        .and_then(|l| l.split('/').next())
-        .expect("fixture has a VM")
-        .to_string()
-}
-
-fn vtlctl(args: &[&str], root: &Path) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_vtlctl"))
-        .arg("--debugfs")
-        .arg(root)
-        .args(args)
-        .output()
-        .expect("run vtlctl");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 #[test]
 fn demo_tree_lists_siblings_with_groups_apic_ids_and_vtls() {
@@ -71,7 +21,7 @@ fn demo_tree_lists_siblings_with_groups_apic_ids_and_vtls() {
     let vm = &vms[0];
     assert_eq!(vm.vm, demo_vm_name());
     // `vtlctl demo --vps 2 --vtls 2`: vCPU vtl*2+vp is VP vp at VTL vtl, group vtl.
-    let got: Vec<(u32, Option<u32>, u32, u32, u8)> = vm
+    let got: Vec<_> = vm
         .vcpus
         .iter()
         .map(|v| (v.vcpu_id, v.vp_index, v.group, v.apic_id, v.vtl))
@@ -79,10 +29,10 @@ fn demo_tree_lists_siblings_with_groups_apic_ids_and_vtls() {
     assert_eq!(
         got,
         [
-            (0, Some(0), 0, 0, 0),
-            (1, Some(1), 0, 1, 0),
-            (2, Some(0), 1, 0, 1),
-            (3, Some(1), 1, 1, 1)
+            (0, Some(0), Some(0), 0, 0),
+            (1, Some(1), Some(0), 1, 0),
+            (2, Some(0), Some(1), 0, 1),
+            (3, Some(1), Some(1), 1, 1)
         ]
     );
     assert_eq!(vm.counters.get("apic_group_irq_dropped"), Some(&0));
