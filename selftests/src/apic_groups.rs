@@ -889,7 +889,10 @@ fn apic_group_errors() -> TestResult {
     );
 
     // ENXIO without an in-kernel local APIC.
-    let mut bare = TestVm::new(VmOptions { irqchip: false })?;
+    let mut bare = TestVm::new(VmOptions {
+        irqchip: false,
+        ..Default::default()
+    })?;
     bare.add_vcpu(0, Entry::LongMode)?;
     match bare.vcpu(0)?.fd.set_apic_group(ApicGroup {
         group: 1,
