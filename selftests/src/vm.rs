@@ -271,6 +271,16 @@ impl Default for VmOptions {
     }
 }
 
+impl VmOptions {
+    /// The default options plus the APIC-group opt-in.
+    pub fn apic_groups() -> Self {
+        VmOptions {
+            apic_groups: true,
+            ..Default::default()
+        }
+    }
+}
+
 /// One vCPU of a [`TestVm`] that is not running.
 pub struct Vcpu {
     /// Index in the test VM (selects its stack and data page).
