@@ -89,6 +89,10 @@ pub mod icr {
     pub const DM_FIXED: u32 = 0 << 8;
     /// Delivery mode: lowest priority.
     pub const DM_LOWEST: u32 = 1 << 8;
+    /// Delivery mode: NMI (the vector is ignored).
+    pub const DM_NMI: u32 = 4 << 8;
+    /// Delivery mode: INIT (the vector is ignored).
+    pub const DM_INIT: u32 = 5 << 8;
     /// Logical destination mode.
     pub const DEST_LOGICAL: u32 = 1 << 11;
     /// Level: assert.

@@ -901,4 +901,24 @@ pub mod lapic_reg {
     pub const ISR: usize = 0x100;
     /// Interrupt request register.
     pub const IRR: usize = 0x200;
+    /// Spurious-interrupt vector register (bit 8: APIC software enable).
+    pub const SVR: usize = 0xf0;
+    /// LVT LINT0 (delivery mode in bits 10:8, mask bit 16).
+    pub const LVT0: usize = 0x350;
+}
+
+/// The 32-bit APIC register at `offset` of a KVM_GET_LAPIC image.
+pub fn lapic_read(lapic: &kvm_bindings::kvm_lapic_state, offset: usize) -> u32 {
+    let b: Vec<u8> = lapic.regs[offset..offset + 4]
+        .iter()
+        .map(|&b| b as u8)
+        .collect();
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+
+/// Set the 32-bit APIC register at `offset` of a KVM_SET_LAPIC image.
+pub fn lapic_write(lapic: &mut kvm_bindings::kvm_lapic_state, offset: usize, value: u32) {
+    for (i, b) in value.to_le_bytes().iter().enumerate() {
+        lapic.regs[offset + i] = *b as libc::c_char;
+    }
 }

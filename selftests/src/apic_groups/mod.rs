@@ -7,10 +7,12 @@
 //! * [`ioctls`]: KVM_ENABLE_CAP(KVM_CAP_APIC_GROUPS), KVM_SET/GET_APIC_GROUP;
 //! * [`ipi`]: ICR and PV IPIs, guest-visible IDs, a VM that never opts in;
 //! * [`msi`]: MSIs and the IOAPIC;
+//! * [`confinement`]: nothing crosses a group boundary (assignment, PIT watchdog, statistic);
 //!
 //! Every VM with groups opts in with [`crate::vm::VmOptions::apic_groups`] and assigns each
 //! vCPU its group before it runs.
 
+mod confinement;
 mod ioctls;
 mod ipi;
 mod msi;
@@ -63,5 +65,20 @@ pub const TESTS: &[Test] = &[
         name: "apic_group_unassigned_is_stock",
         about: "a VM that never opts in behaves as stock: APIC ID = vcpu_id, IPIs, MSIs and IOAPIC interrupts delivered as usual",
         run: ipi::apic_group_unassigned_is_stock,
+    },
+    Test {
+        name: "apic_group_clean_assignment",
+        about: "NMI, INIT and fixed IPIs sent while a vCPU is unassigned never reach it, neither before nor after it joins a group",
+        run: confinement::apic_group_clean_assignment,
+    },
+    Test {
+        name: "apic_group_pit_nmi",
+        about: "the in-kernel PIT's NMI watchdog (LVT0 in NMI mode) reaches the group-0 vCPU and not its group-1 sibling",
+        run: confinement::apic_group_pit_nmi,
+    },
+    Test {
+        name: "apic_group_irq_dropped",
+        about: "apic_group_irq_dropped counts an MSI to an empty group aimed at a group-0 ID, not shorthands, disabled APICs, delivered interrupts or VMs without opt-in",
+        run: confinement::apic_group_irq_dropped,
     },
 ];
