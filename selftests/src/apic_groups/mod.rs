@@ -8,6 +8,7 @@
 //! * [`ipi`]: ICR and PV IPIs, guest-visible IDs, a VM that never opts in;
 //! * [`msi`]: MSIs and the IOAPIC;
 //! * [`confinement`]: nothing crosses a group boundary (assignment, PIT watchdog, statistic);
+//! * [`wake`]: waking halted vCPUs (IPIs, KVM_HC_KICK_CPU).
 //!
 //! Every VM with groups opts in with [`crate::vm::VmOptions::apic_groups`] and assigns each
 //! vCPU its group before it runs.
@@ -17,6 +18,7 @@ mod ioctls;
 mod ipi;
 mod msi;
 mod scenario;
+mod wake;
 
 use crate::harness::Test;
 
@@ -80,5 +82,10 @@ pub const TESTS: &[Test] = &[
         name: "apic_group_irq_dropped",
         about: "apic_group_irq_dropped counts an MSI to an empty group aimed at a group-0 ID, not shorthands, disabled APICs, delivered interrupts or VMs without opt-in",
         run: confinement::apic_group_irq_dropped,
+    },
+    Test {
+        name: "apic_group_wake",
+        about: "acknowledged IPIs and KVM_HC_KICK_CPU wake the halted receiver in the sender's group, never its halted same-ID sibling",
+        run: wake::apic_group_wake,
     },
 ];
