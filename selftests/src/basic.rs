@@ -9,7 +9,7 @@ use crate::{check, check_eq};
 pub const TESTS: &[Test] = &[
     Test {
         name: "kernel_is_patched",
-        about: "the booted kernel was built from the vtlkit series",
+        about: "the booted kernel was built from the vtlkit series (v2: KVM_CAP_APIC_GROUPS can be enabled)",
         run: kernel_is_patched,
     },
     Test {
@@ -33,6 +33,18 @@ fn kernel_is_patched() -> TestResult {
         "KVM_CHECK_EXTENSION(KVM_CAP_APIC_GROUPS={}) = {groups}: the series' capability is missing",
         vtlkit_uapi::raw::KVM_CAP_APIC_GROUPS
     );
+    // The v2 uAPI: the VM-wide opt-in exists (v1 had no KVM_ENABLE_CAP for it).
+    let vm = kvm
+        .create_vm()
+        .map_err(|e| anyhow::anyhow!("KVM_CREATE_VM: {e}"))?;
+    vm.create_irq_chip()
+        .map_err(|e| anyhow::anyhow!("KVM_CREATE_IRQCHIP: {e}"))?;
+    vtlkit_uapi::enable_apic_groups(&vm).map_err(|e| {
+        anyhow::anyhow!(
+            "{e} (errno {}): the kernel lacks the v2 series' VM-wide opt-in",
+            e.errno()
+        )
+    })?;
     Ok(Outcome::Pass)
 }
 

@@ -8,10 +8,12 @@
 //! handler has counted the previous one. The other two vCPUs only halt. The rate is N over
 //! the host wall-clock time from GO to the sender's SYNC (the guest's TSC count is printed
 //! too). Variants:
-//! * `unused`: no KVM_SET_APIC_GROUP at all: vCPU 0 sends to APIC ID 1 (vCPU 1), as on stock;
-//! * `groups`: vCPUs 2 and 3 are group 1 (VTL 1) with APIC IDs 0 and 1, their siblings vCPUs 0
-//!   and 1 are group 0 with the same APIC IDs; vCPU 2 sends to APIC ID 1, which must reach
-//!   vCPU 3 only. Needs the series (skipped with a reason on a stock kernel).
+//! * `unused`: a VM that never opts in to APIC groups: vCPU 0 sends to APIC ID 1 (vCPU 1), as
+//!   on stock;
+//! * `groups`: the VM opts in (KVM_ENABLE_CAP(KVM_CAP_APIC_GROUPS)); vCPUs 2 and 3 are group 1
+//!   (VTL 1) with APIC IDs 0 and 1, their siblings vCPUs 0 and 1 are group 0 with the same
+//!   APIC IDs; vCPU 2 sends to APIC ID 1, which must reach vCPU 3 only. Needs the series
+//!   (skipped with a reason on a stock kernel).
 //!
 //! Output, one line per repetition and one per variant (the host's scripts/bench.sh reads it):
 //! ```text
@@ -24,8 +26,8 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
-use vtlkit_uapi::{ApicGroup, VcpuApicGroupExt};
+use anyhow::{bail, Context, Result};
+use vtlkit_uapi::ApicGroup;
 
 use crate::guest::{pcpu, prog, ucall, Entry};
 use crate::vm::{layout, open_kvm, TestVm, VmOptions, DEFAULT_TIMEOUT};
@@ -78,34 +80,28 @@ fn roles(v: Variant) -> (usize, usize, u32) {
     }
 }
 
-/// Assign vCPUs 2, 3 to group 1 (APIC IDs 0, 1, VTL 1), then 0, 1 to group 0 (APIC IDs 0, 1).
-/// Group 1 first: unassigned vCPUs hold APIC ID = vcpu_id in group 0, so IDs 0 and 1 of group
-/// 0 are only free for vCPUs 0 and 1 once they are theirs anyway, and vCPUs 2 and 3 leave
-/// group 0 before anything else is assigned.
-fn assign_groups(vm: &TestVm) -> Result<()> {
-    for (index, group, apic_id, vtl) in [(2, 1, 0, 1), (3, 1, 1, 1), (0, 0, 0, 0), (1, 0, 1, 0)] {
-        let g = ApicGroup {
-            group,
-            apic_id,
-            vtl,
-        };
-        vm.vcpu(index)?
-            .fd
-            .set_apic_group(g)
-            .map_err(|e| anyhow!("{e} (errno {})", e.errno()))
-            .with_context(|| format!("KVM_SET_APIC_GROUP({g:?}) on vCPU {index}"))?;
-    }
-    Ok(())
-}
+/// The `groups` topology by vCPU index: (group, APIC ID, VTL).
+const GROUPS: [(u32, u32, u8); VCPUS] = [(0, 0, 0), (0, 1, 0), (1, 0, 1), (1, 1, 1)];
 
 /// One repetition in a fresh VM.
 fn run_once(v: Variant, ipis: u32) -> Result<Sample> {
-    let mut vm = TestVm::new(VmOptions::default())?;
-    for id in 0..VCPUS {
-        vm.add_vcpu(id as u64, Entry::ApicMain)?;
-    }
-    if v == Variant::Groups {
-        assign_groups(&vm)?;
+    let mut vm = TestVm::new(VmOptions {
+        apic_groups: v == Variant::Groups,
+        ..Default::default()
+    })?;
+    for (id, &(group, apic_id, vtl)) in GROUPS.iter().enumerate() {
+        match v {
+            Variant::Unused => vm.add_vcpu(id as u64, Entry::ApicMain)?,
+            Variant::Groups => vm.add_vcpu_in_group(
+                id as u64,
+                Entry::ApicMain,
+                ApicGroup {
+                    group,
+                    apic_id,
+                    vtl,
+                },
+            )?,
+        };
     }
     for i in 0..VCPUS {
         vm.set_pcpu(i, pcpu::APIC_MODE, pcpu::APIC_MODE_X2APIC)?;

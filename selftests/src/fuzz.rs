@@ -763,7 +763,10 @@ impl Fuzzer {
     fn create_vm(&mut self) -> Result<()> {
         let irqchip = !self.rng.one_in(6);
         self.stats.count(Call::CreateVm);
-        let vm = TestVm::new(VmOptions { irqchip })?;
+        let vm = TestVm::new(VmOptions {
+            irqchip,
+            ..Default::default()
+        })?;
         let groups = vtlkit_uapi::apic_groups_supported(&vm.kvm);
         let serial = self.next_serial;
         self.next_serial += 1;

@@ -89,6 +89,10 @@ pub mod icr {
     pub const DM_FIXED: u32 = 0 << 8;
     /// Delivery mode: lowest priority.
     pub const DM_LOWEST: u32 = 1 << 8;
+    /// Delivery mode: NMI (the vector is ignored).
+    pub const DM_NMI: u32 = 4 << 8;
+    /// Delivery mode: INIT (the vector is ignored).
+    pub const DM_INIT: u32 = 5 << 8;
     /// Logical destination mode.
     pub const DEST_LOGICAL: u32 = 1 << 11;
     /// Level: assert.
@@ -118,6 +122,14 @@ pub mod prog {
     /// (its `pcpu::IRQ_COUNTS` slot). Sends one IPI, waits until the receiver's handler has
     /// counted it, sends the next; the TSC cycles the whole run took go in the result slot.
     pub const PING: u64 = 4;
+    /// KVM_HC_KICK_CPU, acknowledged: a0 = APIC ID to kick, a1 = how many kicks, a2 =
+    /// guest-physical address of the receiver's u64 wake-up counter (the result slot of its
+    /// [`HALT_WAKES`] entry). Kicks once, waits until the counter has counted the wake-up, kicks
+    /// again; aborts if the hypercall does not return 0.
+    pub const KICK: u64 = 5;
+    /// Halt with interrupts disabled (CLI; HLT) until woken a0 times, counting the wake-ups in
+    /// this entry's result slot; then STI. Only NMI, SMI, INIT or a KVM_HC_KICK_CPU wake it.
+    pub const HALT_WAKES: u64 = 6;
     /// Offset of the result slot in an entry.
     pub const RESULT: u64 = 56;
 }
@@ -399,6 +411,45 @@ vtlkit_guest_ping:
     pop rbx
     ret
 
+// vtlkit_guest_prog_wake: the send-program commands about halting and waking. RBX = the entry,
+// RAX = its kind. Preserves RBX and R12; clobbers RAX, RCX, RDX, RSI, RDI, R8..R11, R13.
+vtlkit_guest_prog_wake:
+    cmp rax, {PROG_KICK}
+    jne 5f
+    push rbx
+    mov r8, [rbx + 8]                       // R8 = APIC ID to kick
+    mov r9, [rbx + 16]                      // R9 = kicks to send
+    mov r10, [rbx + 24]                     // R10 = receiver's wake-up counter
+    xor r13, r13                            // R13 = kicks sent
+2:  cmp r13, r9
+    jae 4f
+    inc r13
+    mov eax, {KVM_HC_KICK_CPU}
+    xor ebx, ebx                            // a0: flags
+    mov rcx, r8                             // a1: APIC ID
+    cmp qword ptr gs:[{PCPU_HYPERCALL_VMCALL}], 0
+    jne 6f
+    vmmcall                                 // AMD
+    jmp 7f
+6:  vmcall                                  // Intel
+7:  GUEST_ASSERT_EQ rax, 0, "KVM_HC_KICK_CPU did not return 0"
+3:  pause
+    cmp qword ptr [r10], r13                // woken (and counted) yet?
+    jb 3b
+    jmp 2b
+4:  pop rbx
+    ret
+5:  GUEST_ASSERT_EQ rax, {PROG_HALT_WAKES}, "unknown send-program command"
+    mov rsi, [rbx + 8]
+2:  cmp qword ptr [rbx + {PROG_RESULT}], rsi
+    jae 3f
+    cli
+    hlt
+    lock inc qword ptr [rbx + {PROG_RESULT}]
+    jmp 2b
+3:  sti
+    ret
+
 // ---------------------------------------------------------------------------------------------
 // Entry: vtlkit_guest_apic_main. The common body of the interrupt tests:
 //   1. enable the APIC as the data page says, SYNC(STAGE_APIC_READY, APIC ID, LDR, mode);
@@ -448,8 +499,11 @@ vtlkit_guest_apic_main:
     call vtlkit_guest_ping
     mov [rbx + {PROG_RESULT}], rax
     jmp 7f
-9:  GUEST_ASSERT_EQ rax, {PROG_WAIT_IRQS}, "unknown send-program command"
-    mov rdi, [rbx + 8]
+9:  cmp rax, {PROG_WAIT_IRQS}
+    je 2f
+    call vtlkit_guest_prog_wake             // KICK, HALT_WAKES (aborts on an unknown kind)
+    jmp 7f
+2:  mov rdi, [rbx + 8]
     mov rsi, [rbx + 16]
     call vtlkit_guest_wait_irqs
 7:  inc r12
@@ -539,12 +593,18 @@ vtlkit_guest_end:
     PROG_PV_IPI = const prog::PV_IPI,
     PROG_WAIT_IRQS = const prog::WAIT_IRQS,
     PROG_PING = const prog::PING,
+    PROG_KICK = const prog::KICK,
+    PROG_HALT_WAKES = const prog::HALT_WAKES,
+    KVM_HC_KICK_CPU = const KVM_HC_KICK_CPU,
     PROG_RESULT = const prog::RESULT,
     PROG_ENTRY_SIZE = const prog::ENTRY_SIZE,
 );
 
 /// KVM hypercall number of the PV IPI (`KVM_HC_SEND_IPI` in include/uapi/linux/kvm_para.h).
 pub const KVM_HC_SEND_IPI: u64 = 10;
+
+/// KVM hypercall number of the PV kick (`KVM_HC_KICK_CPU` in include/uapi/linux/kvm_para.h).
+pub const KVM_HC_KICK_CPU: u64 = 5;
 
 extern "C" {
     static vtlkit_guest_start: u8;

@@ -12,6 +12,7 @@ mod fuzz;
 mod guest;
 mod harness;
 mod nested;
+mod stats;
 mod vm;
 mod vtlctl;
 

@@ -27,6 +27,8 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 
+use vtlkit_uapi::{ApicGroup, VcpuApicGroupExt};
+
 use crate::guest::{self, pcpu, ucall, Entry};
 
 /// Guest-physical memory layout (identity-mapped, so these are also the guest's virtual
@@ -254,11 +256,28 @@ impl std::fmt::Display for Ucall {
 pub struct VmOptions {
     /// KVM_CREATE_IRQCHIP (in-kernel PIC, IOAPIC and local APICs).
     pub irqchip: bool,
+    /// KVM_ENABLE_CAP(KVM_CAP_APIC_GROUPS) right after the irqchip: every vCPU then starts
+    /// without an APIC group and must be assigned one ([`TestVm::add_vcpu_in_group`] or
+    /// [`TestVm::assign_group`]) before it runs.
+    pub apic_groups: bool,
 }
 
 impl Default for VmOptions {
     fn default() -> Self {
-        VmOptions { irqchip: true }
+        VmOptions {
+            irqchip: true,
+            apic_groups: false,
+        }
+    }
+}
+
+impl VmOptions {
+    /// The default options plus the APIC-group opt-in.
+    pub fn apic_groups() -> Self {
+        VmOptions {
+            apic_groups: true,
+            ..Default::default()
+        }
     }
 }
 
@@ -300,6 +319,10 @@ impl TestVm {
         if opts.irqchip {
             fd.create_irq_chip()
                 .map_err(|e| anyhow!("KVM_CREATE_IRQCHIP: {e}"))?;
+        }
+        if opts.apic_groups {
+            vtlkit_uapi::enable_apic_groups(&fd)
+                .map_err(|e| anyhow!("{e} (errno {})", e.errno()))?;
         }
         let mem = Arc::new(GuestMem::new(layout::MEM_SIZE as usize)?);
         let region = kvm_userspace_memory_region {
@@ -426,6 +449,33 @@ impl TestVm {
         self.set_pcpu(index, pcpu::APIC_MODE, pcpu::APIC_MODE_X2APIC)?;
         self.vcpus.push(Some(Vcpu { index, id, fd }));
         Ok(index)
+    }
+
+    /// [`TestVm::add_vcpu`], then [`TestVm::assign_group`]: a vCPU of a VM made with
+    /// [`VmOptions::apic_groups`], ready to run. Returns its index.
+    pub fn add_vcpu_in_group(&mut self, id: u64, entry: Entry, group: ApicGroup) -> Result<usize> {
+        let index = self.add_vcpu(id, entry)?;
+        self.assign_group(index, group)?;
+        Ok(index)
+    }
+
+    /// KVM_SET_APIC_GROUP on vCPU `index`, and its CPUID's initial APIC ID (leaf 1 EBX 31:24,
+    /// informational) set to the assigned ID.
+    pub fn assign_group(&self, index: usize, group: ApicGroup) -> Result<()> {
+        let vcpu = self.vcpu(index)?;
+        vcpu.fd
+            .set_apic_group(group)
+            .map_err(|e| anyhow!("{e} (errno {})", e.errno()))
+            .with_context(|| format!("KVM_SET_APIC_GROUP({group:?}) on vCPU {}", vcpu.id))?;
+        let mut cpuid = self.cpuid.clone();
+        for e in cpuid.as_mut_slice() {
+            if e.function == 1 {
+                e.ebx = (e.ebx & 0x00ff_ffff) | ((group.apic_id & 0xff) << 24);
+            }
+        }
+        vcpu.fd
+            .set_cpuid2(&cpuid)
+            .map_err(|e| anyhow!("KVM_SET_CPUID2 on vCPU {}: {e}", vcpu.id))
     }
 
     /// Long mode straight away, as KVM selftests do: paging, PAE, EFER.LME|LMA, flat 64-bit
@@ -851,4 +901,24 @@ pub mod lapic_reg {
     pub const ISR: usize = 0x100;
     /// Interrupt request register.
     pub const IRR: usize = 0x200;
+    /// Spurious-interrupt vector register (bit 8: APIC software enable).
+    pub const SVR: usize = 0xf0;
+    /// LVT LINT0 (delivery mode in bits 10:8, mask bit 16).
+    pub const LVT0: usize = 0x350;
+}
+
+/// The 32-bit APIC register at `offset` of a KVM_GET_LAPIC image.
+pub fn lapic_read(lapic: &kvm_bindings::kvm_lapic_state, offset: usize) -> u32 {
+    let b: Vec<u8> = lapic.regs[offset..offset + 4]
+        .iter()
+        .map(|&b| b as u8)
+        .collect();
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+
+/// Set the 32-bit APIC register at `offset` of a KVM_SET_LAPIC image.
+pub fn lapic_write(lapic: &mut kvm_bindings::kvm_lapic_state, offset: usize, value: u32) {
+    for (i, b) in value.to_le_bytes().iter().enumerate() {
+        lapic.regs[offset + i] = *b as libc::c_char;
+    }
 }
