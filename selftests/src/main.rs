@@ -3,6 +3,7 @@
 //! proves the series' behaviour end to end with real nested VMs.
 //!
 //! Usage: vtlkit-selftests [--list] [NAME | PREFIX* ...]
+//!        (time limit per test: 60 s, or VTLKIT_TEST_TIMEOUT / vtlkit.test_timeout=SECONDS)
 //!        vtlkit-selftests --bench [--ipis N] [--reps R]   (IPI delivery benchmark, [`bench`])
 
 mod apic_groups;
@@ -18,6 +19,7 @@ mod vtlctl;
 
 use std::io::{self, Write};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use harness::Test;
 
@@ -32,11 +34,27 @@ fn all_tests() -> Vec<Test> {
     v
 }
 
+/// A test's time limit: `base` (the default, or `vtlkit.test_timeout=`; `None` = no limit)
+/// plus what the test needs on top of it.
+fn time_limit(t: &Test, base: Option<Duration>) -> Option<Duration> {
+    let extra = match t.name {
+        // The fuzzer runs for VTLKIT_FUZZ_SECONDS / vtlkit.fuzz_seconds= (default 20) first.
+        "fuzz_apic_groups" => harness::number_setting("VTLKIT_FUZZ_SECONDS", "vtlkit.fuzz_seconds")
+            .ok()
+            .flatten()
+            .unwrap_or(20),
+        _ => 0,
+    };
+    base.map(|b| b + Duration::from_secs(extra))
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let tests = all_tests();
     if args.iter().any(|a| a == "--help" || a == "-h") {
         println!("usage: vtlkit-selftests [--list] [NAME | PREFIX* ...]");
+        println!("       (each test in its own process, time limit 60 s: VTLKIT_TEST_TIMEOUT or");
+        println!("       vtlkit.test_timeout=SECONDS on the kernel command line, 0 for none)");
         println!("       vtlkit-selftests --bench [--ipis N] [--reps R]");
         return ExitCode::SUCCESS;
     }
@@ -49,7 +67,7 @@ fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    let selected = match harness::select(&tests, &args) {
+    let selected = match harness::select(&tests, harness::SELF_TESTS, &args) {
         Ok(s) => s,
         Err(unknown) => {
             eprintln!(
@@ -59,9 +77,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let base = match harness::base_time_limit() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("vtlkit-selftests: time limit: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let stdout = io::stdout();
     let mut out = stdout.lock();
-    let totals = harness::run(&selected, &mut out);
+    let totals = harness::run(&selected, &|t| time_limit(t, base), &mut out);
     let _ = out.flush();
     ExitCode::from(u8::try_from(totals.exit_code()).unwrap_or(1))
 }
