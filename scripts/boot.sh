@@ -6,6 +6,8 @@
 #        VTLKIT_GUEST_SCRIPT=NAME boot.sh run scripts/guest/NAME.sh in the guest instead
 #        VTLKIT_KERNEL=bzImage, VTLKIT_INITRD=cpio: boot these instead of the last build's
 #        VTLKIT_KARGS="...": extra kernel command-line words (e.g. vtlkit.fuzz_seconds=300)
+#        VTLKIT_TEST_TIMEOUT=SECONDS: each selftest's time limit (vtlkit.test_timeout=;
+#          default 60, 0 for none); a test still running then is killed and fails
 #
 # Acceleration: real KVM only where it works (vmx/svm in the CPU flags *and* a short trial
 # boot succeeds), else TCG with -cpu max (AMD with SVM and NPT, so the guest's kvm_amd runs
@@ -13,7 +15,9 @@
 #
 # The serial console is shown live and saved to $VTLKIT_RUN_DIR/serial.log; the guest writes
 # its kernel log and exit status to ttyS1 ($VTLKIT_RUN_DIR/results.log). Any BUG, WARNING,
-# KASAN, UBSAN, lockdep or panic report in either fails the run.
+# KASAN, UBSAN, lockdep or panic report in the kernel's log lines fails the run: the guest's
+# dmesg, and the kernel's own (timestamped) lines on the console, not what the tests print
+# (kernel_reports in lib.sh).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 lock_build
 
@@ -39,7 +43,7 @@ qemu_args() {
 		-chardev "stdio,id=con,signal=off,logfile=$serial" -serial chardev:con \
 		-serial "file:$results" \
 		-kernel "$kernel" -initrd "$initrd" \
-		-append "console=ttyS0 quiet panic=-1 oops=panic $append ${VTLKIT_KARGS:-}"
+		-append "console=ttyS0 quiet printk.time=1 panic=-1 oops=panic $append ${VTLKIT_KARGS:-}"
 }
 
 pick_accel() {
@@ -86,6 +90,12 @@ elif [ $# -gt 0 ]; then
 	)"
 fi
 
+if [ -n "${VTLKIT_TEST_TIMEOUT:-}" ]; then
+	[[ "$VTLKIT_TEST_TIMEOUT" =~ ^[0-9]+$ ]] ||
+		die "booting: VTLKIT_TEST_TIMEOUT must be a number of seconds, not '$VTLKIT_TEST_TIMEOUT'"
+	append="$append vtlkit.test_timeout=$VTLKIT_TEST_TIMEOUT"
+fi
+
 step "booting: choosing the accelerator"
 accel=$(pick_accel)
 if [ "$accel" = kvm ]; then
@@ -111,9 +121,8 @@ tr -d '\r' <"$results" >"$results.txt" 2>/dev/null || : >"$results.txt"
 status=$(sed -n 's/^vtlkit-exit-status: \([0-9]*\)$/\1/p' "$results.txt" | tail -n 1)
 sed -n '/^vtlkit-dmesg-begin$/,/^vtlkit-dmesg-end$/p' "$results.txt" >"$VTLKIT_RUN_DIR/dmesg.log"
 
-# Kernel reports that fail the run wherever they appear.
-splat_re='BUG:|WARNING:|KASAN:|UBSAN:|Kernel panic|Oops|general protection fault|INFO: (possible|inconsistent|task .* blocked)|circular locking|Call Trace:'
-splats=$(tr -d '\r' <"$serial" 2>/dev/null | cat - "$VTLKIT_RUN_DIR/dmesg.log" | grep -E "$splat_re" | sort -u || true)
+# Kernel reports in the kernel's log lines (not in what the tests print) fail the run.
+splats=$(kernel_reports "$serial" "$VTLKIT_RUN_DIR/dmesg.log")
 
 rc=0
 if [ "$qrc" = 124 ] || [ "$qrc" = 137 ]; then

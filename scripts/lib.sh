@@ -163,6 +163,30 @@ check_rust_toolchain() {
 	done
 }
 
+# Kernel reports that fail a run: BUG, WARNING, KASAN, UBSAN, lockdep, panics, oopses, hung
+# tasks, and any stack dump.
+VTLKIT_REPORT_RE='BUG:|WARNING:|KASAN:|UBSAN:|Kernel panic|Oops|general protection fault|INFO: (possible|inconsistent|task .* blocked)|circular locking|Call Trace:'
+
+# kernel_log_lines SERIAL DMESG: the kernel's own log lines from a guest run. DMESG is the
+# guest's dmesg (collected on ttyS1): all of it. From the SERIAL console, which also carries
+# what the tests print, only what the kernel wrote there: the text from a printk timestamp
+# ("[    1.234567] ", printk.time=1) to the end of the line; a kernel line can follow a
+# test's line that has no newline yet. Missing files count as empty.
+kernel_log_lines() {
+	local serial=$1 dmesg=$2
+	{
+		tr -d '\r' <"$serial" 2>/dev/null | grep -oE '\[ *[0-9]+\.[0-9]+\] .*' || true
+		tr -d '\r' <"$dmesg" 2>/dev/null | grep -vxE 'vtlkit-dmesg-(begin|end)' || true
+	}
+}
+
+# kernel_reports SERIAL DMESG: the kernel reports in a guest run's kernel log lines, each
+# once. The kernel's echo of its command line is not a report, whatever words it passes on.
+kernel_reports() {
+	kernel_log_lines "$1" "$2" | grep -vE '^(\[ *[0-9]+\.[0-9]+\] )?(Kernel )?[Cc]ommand line: ' |
+		grep -E "$VTLKIT_REPORT_RE" | LC_ALL=C sort -u || true
+}
+
 need_root_or_sudo() {
 	if [ "$(id -u)" -eq 0 ]; then
 		"$@"
