@@ -6,6 +6,8 @@
 #   vtlkit.cmd=...      run this shell command instead of the selftests (',' for spaces)
 #   vtlkit.script=NAME  run /scripts/NAME.sh (from scripts/guest/) instead of the selftests
 #   vtlkit.trial        only prove that the guest boots (accelerator trial)
+#   vtlkit.test_timeout=SECONDS, vtlkit.fuzz_seconds=, vtlkit.fuzz_seed=: read by
+#                       vtlkit-selftests itself from /proc/cmdline
 # The exit status and the kernel log go to ttyS1, which the host reads from a file.
 /bin/busybox --install -s /bin
 export PATH=/bin
