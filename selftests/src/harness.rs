@@ -90,8 +90,9 @@ pub fn cmdline_value(cmdline: &str, key: &str) -> Option<String> {
         .find_map(|w| w.strip_prefix(key)?.strip_prefix('=').map(str::to_string))
 }
 
-/// A whole number from the environment variable `env`, else from `cmdline_key=` on the kernel
-/// command line (`/proc/cmdline`); `Ok(None)` when neither is set. The error names the source.
+/// A whole number (decimal, or hex with `0x`) from the environment variable `env`, else from
+/// `cmdline_key=` on the kernel command line (`/proc/cmdline`); `Ok(None)` when neither is set.
+/// The error names the source.
 pub fn number_setting(env: &str, cmdline_key: &str) -> Result<Option<u64>, String> {
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     number_setting_from(std::env::var(env).ok(), env, &cmdline, cmdline_key)
@@ -110,10 +111,13 @@ fn number_setting_from(
             None => return Ok(None),
         },
     };
-    raw.trim()
-        .parse()
-        .map(Some)
-        .map_err(|_| format!("{from}: {raw:?} is not a whole number"))
+    let v = raw.trim();
+    match v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => v.parse(),
+    }
+    .map(Some)
+    .map_err(|_| format!("{from}: {raw:?} is not a whole number"))
 }
 
 /// The time limit of a test without one of its own: `VTLKIT_TEST_TIMEOUT`, else
@@ -220,9 +224,9 @@ fn run_isolated(t: &Test, limit: Option<Duration>) -> TestResult {
     let (rx, tx) = pipe2(OFlag::O_CLOEXEC).map_err(|e| anyhow::anyhow!("harness: pipe: {e}"))?;
     let parent = getpid();
     // SAFETY: the child only runs the test (as the in-process harness did) and then leaves
-    // with _exit. The harness itself is single-threaded when it forks; in a multi-threaded
-    // process (cargo's unit tests) the allocator and std's locks the test bodies use are
-    // fork-safe in glibc, and the unit tests' bodies are trivial.
+    // with _exit. vtlkit-selftests is single-threaded when it forks. In a multi-threaded
+    // process (cargo's unit tests) glibc keeps malloc usable in the child, and the unit tests'
+    // bodies take no lock another thread could have held at the fork.
     match unsafe { fork() } {
         Err(e) => Err(anyhow::anyhow!("harness: fork: {e}")),
         Ok(ForkResult::Child) => {
@@ -262,7 +266,8 @@ fn exit_now(code: i32) -> ! {
 
 /// Collect the child's result, enforcing `limit`.
 fn supervise(child: Pid, rx: OwnedFd, limit: Option<Duration>) -> TestResult {
-    let deadline = limit.map(|l| Instant::now() + l);
+    // A limit too far away to represent is no limit.
+    let deadline = limit.and_then(|l| Instant::now().checked_add(l));
     let mut rx = Some(File::from(rx));
     let mut msg = Vec::new();
     let status = loop {
@@ -621,6 +626,7 @@ mod tests {
         };
         assert_eq!(get(None, c), Ok(Some(90)));
         assert_eq!(get(Some("5"), c), Ok(Some(5)));
+        assert_eq!(get(Some("0x1e"), c), Ok(Some(30)));
         assert_eq!(get(None, "quiet"), Ok(None));
         let e = get(None, "vtlkit.test_timeout=1m").expect_err("not a number");
         assert!(

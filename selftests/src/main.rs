@@ -35,17 +35,13 @@ fn all_tests() -> Vec<Test> {
 }
 
 /// A test's time limit: `base` (the default, or `vtlkit.test_timeout=`; `None` = no limit)
-/// plus what the test needs on top of it.
-fn time_limit(t: &Test, base: Option<Duration>) -> Option<Duration> {
+/// plus what the test needs on top of it: the fuzzer runs `fuzz_seconds` before its checks.
+fn time_limit(t: &Test, base: Option<Duration>, fuzz_seconds: u64) -> Option<Duration> {
     let extra = match t.name {
-        // The fuzzer runs for VTLKIT_FUZZ_SECONDS / vtlkit.fuzz_seconds= (default 20) first.
-        "fuzz_apic_groups" => harness::number_setting("VTLKIT_FUZZ_SECONDS", "vtlkit.fuzz_seconds")
-            .ok()
-            .flatten()
-            .unwrap_or(20),
+        "fuzz_apic_groups" => fuzz_seconds,
         _ => 0,
     };
-    base.map(|b| b + Duration::from_secs(extra))
+    base.map(|b| b.saturating_add(Duration::from_secs(extra)))
 }
 
 fn main() -> ExitCode {
@@ -84,9 +80,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // As the fuzzer reads it (fuzz.rs); a bad value fails the fuzzer itself.
+    let fuzz_seconds = harness::number_setting("VTLKIT_FUZZ_SECONDS", "vtlkit.fuzz_seconds")
+        .ok()
+        .flatten()
+        .unwrap_or(20);
     let stdout = io::stdout();
     let mut out = stdout.lock();
-    let totals = harness::run(&selected, &|t| time_limit(t, base), &mut out);
+    let totals = harness::run(&selected, &|t| time_limit(t, base, fuzz_seconds), &mut out);
     let _ = out.flush();
     ExitCode::from(u8::try_from(totals.exit_code()).unwrap_or(1))
 }
@@ -125,5 +126,23 @@ fn bench_main(args: &[String]) -> ExitCode {
             eprintln!("vtlkit-bench: error: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_limits_follow_the_base_and_the_fuzzer_gets_its_run_on_top() {
+        let tests = all_tests();
+        let by_name = |n: &str| tests.iter().find(|t| t.name == n).expect("registered");
+        let base = Some(Duration::from_secs(60));
+        assert_eq!(time_limit(by_name("dev_kvm_works"), base, 300), base);
+        assert_eq!(
+            time_limit(by_name("fuzz_apic_groups"), base, 300),
+            Some(Duration::from_secs(360))
+        );
+        assert_eq!(time_limit(by_name("fuzz_apic_groups"), None, 300), None);
     }
 }
