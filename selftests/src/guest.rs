@@ -14,9 +14,12 @@
 //!   does `out 0x1000, eax` and preserves every register;
 //! * `GUEST_ASSERT_EQ a, b, "message"` aborts (UCALL ABORT) with the message and both values;
 //!   it uses R11 as scratch, so `a` and `b` must not be R11;
-//! * every IDT vector points at a 16-byte stub in `vtlkit_guest_isr_stubs`; vectors 0..31 abort
-//!   with the vector, error code, RIP and CR2; vectors 32..255 are counted per vector in the
-//!   vCPU's data page and EOI'd (except the spurious vector 0xff).
+//! * every IDT vector points at a 16-byte stub in `vtlkit_guest_isr_stubs`; vectors 0..31
+//!   (exceptions) are recorded in the vCPU's data page ([`pcpu::EXC_FIRST`], [`pcpu::EXC_LAST`])
+//!   and abort with the vector, error code, RIP and CR2; vectors 32..255 are counted per vector
+//!   in the data page and EOI'd (except the spurious vector 0xff);
+//! * #DF runs on its own stack (IST1 of the vCPU's TSS, in its data page), so that even an
+//!   exception raised with a broken stack is recorded and reported instead of triple-faulting.
 //!
 //! Numeric local labels use digits 2..9 only: `0:`/`1:`-style labels read as binary numbers in
 //! Intel syntax.
@@ -70,10 +73,46 @@ pub mod pcpu {
     pub const IRQ_TOTAL: u64 = 0x90;
     /// u64: vector of the last interrupt handled.
     pub const LAST_VECTOR: u64 = 0x98;
+    /// u64: RIP the last interrupt interrupted.
+    pub const LAST_IRQ_RIP: u64 = 0xa0;
     /// u32 x 256: interrupts handled, per vector.
     pub const IRQ_COUNTS: u64 = 0x100;
-    /// Bytes used (must fit in one page).
-    pub const SIZE: u64 = IRQ_COUNTS + 256 * 4;
+    /// u64: exceptions (vectors 0..31) taken.
+    pub const EXC_COUNT: u64 = IRQ_COUNTS + 256 * 4;
+    /// [`exc`] record: the first exception taken.
+    pub const EXC_FIRST: u64 = EXC_COUNT + 0x40;
+    /// [`exc`] record: the last exception taken.
+    pub const EXC_LAST: u64 = EXC_FIRST + exc::SIZE;
+    /// Bytes used by the fields above (must fit below [`TSS`]).
+    pub const SIZE: u64 = EXC_LAST + exc::SIZE;
+    /// This vCPU's 64-bit TSS (its TR base): only IST1 is used, for #DF.
+    pub const TSS: u64 = 0x700;
+    /// Size of the TSS (limit + 1).
+    pub const TSS_SIZE: u64 = 0x68;
+    /// Top of the #DF stack (IST1): the rest of the page above the TSS.
+    pub const IST_STACK_TOP: u64 = 0x1000;
+
+    /// An exception record in the data page: what the CPU pushed, and CR2.
+    pub mod exc {
+        /// u64: vector.
+        pub const VECTOR: u64 = 0x00;
+        /// u64: error code (0 for vectors without one).
+        pub const ERROR: u64 = 0x08;
+        /// u64: RIP the exception reported.
+        pub const RIP: u64 = 0x10;
+        /// u64: CS.
+        pub const CS: u64 = 0x18;
+        /// u64: RFLAGS.
+        pub const RFLAGS: u64 = 0x20;
+        /// u64: RSP at the exception.
+        pub const RSP: u64 = 0x28;
+        /// u64: CR2 when the handler ran.
+        pub const CR2: u64 = 0x30;
+        /// u64: this exception's number (1 = the first one).
+        pub const SEQ: u64 = 0x38;
+        /// Size of a record.
+        pub const SIZE: u64 = 0x40;
+    }
 
     /// [`APIC_MODE`]: xAPIC (MMIO at 0xfee00000).
     pub const APIC_MODE_XAPIC: u64 = 1;
@@ -251,6 +290,28 @@ vtlkit_guest_long_mode:
 3:  mov rdi, rax
     mov rsi, r9
     UCALL {UCALL_DONE}
+    jmp vtlkit_guest_halt_forever
+
+// ---------------------------------------------------------------------------------------------
+// Entries that fault on purpose, for the framework's own test of exception reporting.
+
+// Entry: vtlkit_guest_fault_ud: UD2 at a known address; the #UD handler records and reports it.
+    .globl vtlkit_guest_fault_ud
+vtlkit_guest_fault_ud:
+    .globl vtlkit_guest_fault_ud_insn
+vtlkit_guest_fault_ud_insn:
+    ud2
+    jmp vtlkit_guest_halt_forever
+
+// Entry: vtlkit_guest_fault_bad_stack: UD2 with RSP = ARGS[0] (e.g. non-canonical). Delivering
+// the #UD faults on the stack (#SS), delivering that #SS faults again, which makes a #DF; the
+// #DF runs on its own stack (IST1), so the guest still records and reports it.
+    .globl vtlkit_guest_fault_bad_stack
+vtlkit_guest_fault_bad_stack:
+    mov rsp, gs:[{PCPU_ARGS}]
+    .globl vtlkit_guest_fault_bad_stack_insn
+vtlkit_guest_fault_bad_stack_insn:
+    ud2
     jmp vtlkit_guest_halt_forever
 
 // ---------------------------------------------------------------------------------------------
@@ -533,6 +594,27 @@ vtlkit_guest_isr_stubs:
     .set vec, vec + 1
     .endr
 
+// EXC_RECORD base: copy the exception frame into the record at gs:[base]. Expects the frame
+// 16 bytes up ([rsp+16] vector, [rsp+24] error code, [rsp+32] RIP, CS, RFLAGS, RSP) and RAX =
+// the exception's sequence number. Scratch: RDX.
+    .macro EXC_RECORD base:req
+    mov rdx, [rsp + 16]
+    mov gs:[\base + {EXC_VECTOR}], rdx
+    mov rdx, [rsp + 24]
+    mov gs:[\base + {EXC_ERROR}], rdx
+    mov rdx, [rsp + 32]
+    mov gs:[\base + {EXC_RIP}], rdx
+    mov rdx, [rsp + 40]
+    mov gs:[\base + {EXC_CS}], rdx
+    mov rdx, [rsp + 48]
+    mov gs:[\base + {EXC_RFLAGS}], rdx
+    mov rdx, [rsp + 56]
+    mov gs:[\base + {EXC_RSP}], rdx
+    mov rdx, cr2
+    mov gs:[\base + {EXC_CR2}], rdx
+    mov gs:[\base + {EXC_SEQ}], rax
+    .endm
+
 // Frame here: [rsp] vector, [rsp+8] error code, [rsp+16] RIP, CS, RFLAGS, RSP, SS.
 vtlkit_guest_isr_common:
     cmp qword ptr [rsp], 32
@@ -545,6 +627,8 @@ vtlkit_guest_isr_common:
     lock inc dword ptr gs:[{PCPU_IRQ_COUNTS} + rax * 4]
     lock inc qword ptr gs:[{PCPU_IRQ_TOTAL}]
     mov gs:[{PCPU_LAST_VECTOR}], rax
+    mov rcx, [rsp + 40]                     // the interrupted RIP
+    mov gs:[{PCPU_LAST_IRQ_RIP}], rcx
     cmp rax, 0xff
     je 2f
     call vtlkit_guest_apic_eoi
@@ -553,7 +637,19 @@ vtlkit_guest_isr_common:
     pop rax
     add rsp, 16                             // drop vector and error code
     iretq
-3:  // An exception: nothing in these guests expects one. Abort with what the CPU told us.
+3:  // An exception: nothing in these guests expects one. Record it in the data page (the first
+    // and the last one), then abort with what the CPU told us.
+    push rax
+    push rdx
+    mov eax, 1
+    lock xadd qword ptr gs:[{PCPU_EXC_COUNT}], rax
+    inc rax                                 // this exception's number
+    cmp rax, 1
+    jne 5f
+    EXC_RECORD {PCPU_EXC_FIRST}
+5:  EXC_RECORD {PCPU_EXC_LAST}
+    pop rdx
+    pop rax
     mov rsi, [rsp]                          // vector
     mov rcx, [rsp + 8]                      // error code
     mov r8, [rsp + 16]                      // RIP
@@ -585,6 +681,18 @@ vtlkit_guest_end:
     PCPU_IRQ_TOTAL = const pcpu::IRQ_TOTAL,
     PCPU_LAST_VECTOR = const pcpu::LAST_VECTOR,
     PCPU_IRQ_COUNTS = const pcpu::IRQ_COUNTS,
+    PCPU_LAST_IRQ_RIP = const pcpu::LAST_IRQ_RIP,
+    PCPU_EXC_COUNT = const pcpu::EXC_COUNT,
+    PCPU_EXC_FIRST = const pcpu::EXC_FIRST,
+    PCPU_EXC_LAST = const pcpu::EXC_LAST,
+    EXC_VECTOR = const pcpu::exc::VECTOR,
+    EXC_ERROR = const pcpu::exc::ERROR,
+    EXC_RIP = const pcpu::exc::RIP,
+    EXC_CS = const pcpu::exc::CS,
+    EXC_RFLAGS = const pcpu::exc::RFLAGS,
+    EXC_RSP = const pcpu::exc::RSP,
+    EXC_CR2 = const pcpu::exc::CR2,
+    EXC_SEQ = const pcpu::exc::SEQ,
     APIC_MODE_XAPIC = const pcpu::APIC_MODE_XAPIC,
     APIC_MODE_X2APIC = const pcpu::APIC_MODE_X2APIC,
     KVM_HC_SEND_IPI = const KVM_HC_SEND_IPI,
@@ -612,6 +720,10 @@ extern "C" {
     static vtlkit_guest_long_mode: u8;
     static vtlkit_guest_apic_main: u8;
     static vtlkit_guest_isr_stubs: u8;
+    static vtlkit_guest_fault_ud: u8;
+    static vtlkit_guest_fault_ud_insn: u8;
+    static vtlkit_guest_fault_bad_stack: u8;
+    static vtlkit_guest_fault_bad_stack_insn: u8;
 }
 
 /// Size of one interrupt stub; vector v's handler is at `ISR_STUBS + v * ISR_STUB_SIZE`.
@@ -624,6 +736,11 @@ pub enum Entry {
     LongMode,
     /// Enable the APIC, report ready, optionally run a send program, then halt forever.
     ApicMain,
+    /// Execute UD2 at [`fault_insn_offset`]`(FaultUd)` (tests the exception report).
+    FaultUd,
+    /// Load RSP from ARGS[0], then execute UD2: the #UD cannot be delivered, which escalates
+    /// to a #DF (tests that a broken stack is reported, not a triple fault).
+    FaultBadStack,
 }
 
 fn offset_of_symbol(sym: *const u8) -> u64 {
@@ -647,8 +764,20 @@ pub fn entry_offset(e: Entry) -> u64 {
     let sym = match e {
         Entry::LongMode => &raw const vtlkit_guest_long_mode,
         Entry::ApicMain => &raw const vtlkit_guest_apic_main,
+        Entry::FaultUd => &raw const vtlkit_guest_fault_ud,
+        Entry::FaultBadStack => &raw const vtlkit_guest_fault_bad_stack,
     };
     offset_of_symbol(sym)
+}
+
+/// Offset of the faulting instruction of a `Fault*` entry from the start of the code blob.
+pub fn fault_insn_offset(e: Entry) -> Option<u64> {
+    let sym = match e {
+        Entry::FaultUd => &raw const vtlkit_guest_fault_ud_insn,
+        Entry::FaultBadStack => &raw const vtlkit_guest_fault_bad_stack_insn,
+        _ => return None,
+    };
+    Some(offset_of_symbol(sym))
 }
 
 /// Offset of the first interrupt stub from the start of the code blob.
@@ -669,6 +798,8 @@ mod tests {
         let stubs = isr_stubs_offset();
         assert_eq!(stubs % 16, 0);
         assert!(stubs + 256 * ISR_STUB_SIZE <= c.len() as u64);
-        const { assert!(pcpu::SIZE <= 4096) };
+        const { assert!(pcpu::SIZE <= pcpu::TSS) };
+        const { assert!(pcpu::TSS + pcpu::TSS_SIZE + 0x400 <= pcpu::IST_STACK_TOP) };
+        const { assert!(pcpu::IST_STACK_TOP <= 4096) };
     }
 }

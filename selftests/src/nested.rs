@@ -4,16 +4,23 @@
 
 use std::time::Duration;
 
-use crate::guest::{pcpu, ucall, Entry};
+use crate::guest::{self, pcpu, ucall, Entry};
 use crate::harness::{Outcome, Test, TestResult};
-use crate::vm::{layout, TestVm, Ucall, VmOptions, DEFAULT_TIMEOUT};
+use crate::vm::{layout, GuestRecord, TestVm, Ucall, VmOptions, DEFAULT_TIMEOUT};
 use crate::{check, check_eq};
 
-pub const TESTS: &[Test] = &[Test {
-    name: "nested_long_mode_guest",
-    about: "2 nested vCPUs run in 64-bit long mode (EFER.LMA, CR0.PG, CS.L checked by the guest) and return the exact FNV-1a hash of host-given input",
-    run: nested_long_mode_guest,
-}];
+pub const TESTS: &[Test] = &[
+    Test {
+        name: "nested_long_mode_guest",
+        about: "2 nested vCPUs run in 64-bit long mode (EFER.LMA, CR0.PG, CS.L checked by the guest) and return the exact FNV-1a hash of host-given input",
+        run: nested_long_mode_guest,
+    },
+    Test {
+        name: "nested_guest_reports_exceptions",
+        about: "a nested guest that takes an unexpected exception reports its vector, error code and RIP (a #UD), also when its stack is broken (a #DF on its own IST stack instead of a triple fault)",
+        run: nested_guest_reports_exceptions,
+    },
+];
 
 /// 64-bit FNV-1a, the reference for the guest's computation.
 pub fn fnv1a64(data: &[u8]) -> u64 {
@@ -91,6 +98,63 @@ fn nested_long_mode_guest() -> TestResult {
         other => anyhow::bail!("vCPU 1: expected DONE, got {other}"),
     }
     running.stop()?;
+    Ok(Outcome::Pass)
+}
+
+/// Run a `Fault*` entry on a fresh vCPU and return the ABORT's values and the guest record.
+fn run_fault(
+    vm: &mut TestVm,
+    id: u64,
+    entry: Entry,
+    rsp: u64,
+) -> anyhow::Result<([u64; 4], GuestRecord)> {
+    let index = vm.add_vcpu(id, entry)?;
+    vm.set_pcpu(index, pcpu::ARGS, rsp)?;
+    let args = match vm.run_vcpu(index)? {
+        Ucall::Abort { args, .. } => args,
+        other => anyhow::bail!("{entry:?}: expected the guest to report an exception, got {other}"),
+    };
+    Ok((args, GuestRecord::read(&vm.mem, index)?))
+}
+
+fn nested_guest_reports_exceptions() -> TestResult {
+    let mut vm = TestVm::new(VmOptions::default())?;
+
+    // #UD: vector 6, no error code, RIP of the UD2.
+    let ud_rip = layout::CODE + guest::fault_insn_offset(Entry::FaultUd).unwrap_or(0);
+    let ([vector, error, rip, _], rec) = run_fault(&mut vm, 0, Entry::FaultUd, 0)?;
+    check_eq!(vector, 6, "#UD: vector reported by the guest");
+    check_eq!(error, 0, "#UD: error code reported by the guest");
+    check_eq!(rip, ud_rip, "#UD: RIP reported by the guest");
+    check_eq!(
+        rec.exceptions,
+        1,
+        "#UD: exceptions recorded in the data page"
+    );
+    let last = rec
+        .last
+        .ok_or_else(|| anyhow::anyhow!("#UD: no exception record"))?;
+    check!(
+        last.vector == 6 && last.rip == ud_rip && last.seq == 1,
+        "#UD: data page record {last} (expected #UD at {ud_rip:#x})"
+    );
+
+    // A non-canonical RSP: #UD -> #SS -> #SS = #DF, which has its own stack. Without it this
+    // vCPU would triple-fault (KVM_EXIT_SHUTDOWN) and report nothing.
+    let bad_rsp = 0x8000_0000_0000_0000u64;
+    let ([vector, ..], rec) = run_fault(&mut vm, 1, Entry::FaultBadStack, bad_rsp)?;
+    check_eq!(
+        vector,
+        8,
+        "broken stack: vector reported by the guest (#DF)"
+    );
+    let last = rec
+        .last
+        .ok_or_else(|| anyhow::anyhow!("#DF: no exception record"))?;
+    check!(
+        last.vector == 8 && last.rsp == bad_rsp,
+        "broken stack: data page record {last} (expected #DF with RSP {bad_rsp:#x})"
+    );
     Ok(Outcome::Pass)
 }
 

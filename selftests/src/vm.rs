@@ -48,7 +48,8 @@ pub mod layout {
     pub const PD_LOW: u64 = 0x5000;
     /// Page directory for 3..4 GiB (2 MiB pages, uncached: IOAPIC and xAPIC MMIO).
     pub const PD_MMIO: u64 = 0x6000;
-    /// The TSS (only there because x86 wants a valid TR; no stack switching is used).
+    /// The TSS the GDT's descriptor points at (never loaded: each vCPU's TR is set to its own
+    /// TSS in its data page, [`crate::guest::pcpu::TSS`], whose IST1 is the #DF stack).
     pub const TSS: u64 = 0x7000;
     /// Free for tests: host↔guest data (send programs, inputs), 0x8000..0x10000.
     pub const SHARED: u64 = 0x8000;
@@ -66,6 +67,12 @@ pub mod layout {
     pub const STACK_SIZE: u64 = 0x4000;
     /// Most vCPUs one test VM has.
     pub const MAX_VCPUS: usize = 16;
+    /// Kept zero: the default SMRAM (SMBASE 0x30000). An SMI makes KVM save the vCPU's state at
+    /// `SMBASE + 0xfe00` and run SMM code from `SMBASE + 0x8000`; none is there, so a guest
+    /// that gets an SMI triple-faults, and the non-zero save area says why.
+    pub const SMRAM: u64 = 0x30000;
+    /// The SMM state-save area KVM writes on SMM entry (`SMBASE + 0xfe00`, 512 bytes).
+    pub const SMRAM_SAVE: u64 = SMRAM + 0xfe00;
     /// Free for tests: large buffers, from here to [`MEM_SIZE`].
     pub const DATA: u64 = 0x100000;
     /// Guest memory size (one memslot at guest-physical 0).
@@ -76,6 +83,212 @@ pub mod layout {
 
 /// How long a test waits for a nested vCPU before calling it stuck. Generous: TCG is slow.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// #DF, the one exception that gets its own stack (IST1 of the vCPU's TSS).
+const DF_VECTOR: u64 = 8;
+
+/// The mnemonic of exception vector `v` (0..31), for reports.
+pub fn exception_name(v: u64) -> &'static str {
+    const NAMES: [&str; 32] = [
+        "#DE",
+        "#DB",
+        "NMI",
+        "#BP",
+        "#OF",
+        "#BR",
+        "#UD",
+        "#NM",
+        "#DF",
+        "vector 9",
+        "#TS",
+        "#NP",
+        "#SS",
+        "#GP",
+        "#PF",
+        "vector 15",
+        "#MF",
+        "#AC",
+        "#MC",
+        "#XM",
+        "#VE",
+        "#CP",
+        "vector 22",
+        "vector 23",
+        "vector 24",
+        "vector 25",
+        "vector 26",
+        "vector 27",
+        "#HV",
+        "#VC",
+        "#SX",
+        "vector 31",
+    ];
+    NAMES.get(v as usize).copied().unwrap_or("not an exception")
+}
+
+/// One exception the guest recorded in its data page ([`pcpu::exc`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestException {
+    /// Vector (0..31).
+    pub vector: u64,
+    /// Error code (0 for vectors without one).
+    pub error: u64,
+    /// RIP the CPU reported.
+    pub rip: u64,
+    /// RSP at the exception.
+    pub rsp: u64,
+    /// RFLAGS at the exception.
+    pub rflags: u64,
+    /// CR2 when the handler ran.
+    pub cr2: u64,
+    /// 1 for the first exception this vCPU took, and so on.
+    pub seq: u64,
+}
+
+impl std::fmt::Display for GuestException {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "#{} {} (vector {}) error code {:#x} at RIP {:#x} (guest code offset {:#x}), RSP {:#x}, RFLAGS {:#x}, CR2 {:#x}",
+            self.seq,
+            exception_name(self.vector),
+            self.vector,
+            self.error,
+            self.rip,
+            self.rip.wrapping_sub(layout::CODE),
+            self.rsp,
+            self.rflags,
+            self.cr2
+        )
+    }
+}
+
+/// What a vCPU's guest recorded in its data page about exceptions and interrupts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestRecord {
+    /// Exceptions taken.
+    pub exceptions: u64,
+    /// The first and the last of them (the same one if there was only one).
+    pub first: Option<GuestException>,
+    /// The last exception.
+    pub last: Option<GuestException>,
+    /// Interrupts (vectors 32..255) handled.
+    pub irqs: u64,
+    /// Vector of the last interrupt handled.
+    pub last_vector: u64,
+    /// RIP the last interrupt interrupted.
+    pub last_irq_rip: u64,
+}
+
+impl GuestRecord {
+    /// Read vCPU `index`'s record from guest memory.
+    pub fn read(mem: &GuestMem, index: usize) -> Result<Self> {
+        let page = TestVm::pcpu_gpa(index);
+        let exc = |base: u64| -> Result<GuestException> {
+            let r = |off: u64| mem.read_u64(page + base + off);
+            Ok(GuestException {
+                vector: r(pcpu::exc::VECTOR)?,
+                error: r(pcpu::exc::ERROR)?,
+                rip: r(pcpu::exc::RIP)?,
+                rsp: r(pcpu::exc::RSP)?,
+                rflags: r(pcpu::exc::RFLAGS)?,
+                cr2: r(pcpu::exc::CR2)?,
+                seq: r(pcpu::exc::SEQ)?,
+            })
+        };
+        let exceptions = mem.read_u64(page + pcpu::EXC_COUNT)?;
+        let (first, last) = if exceptions == 0 {
+            (None, None)
+        } else {
+            (Some(exc(pcpu::EXC_FIRST)?), Some(exc(pcpu::EXC_LAST)?))
+        };
+        Ok(GuestRecord {
+            exceptions,
+            first,
+            last,
+            irqs: mem.read_u64(page + pcpu::IRQ_TOTAL)?,
+            last_vector: mem.read_u64(page + pcpu::LAST_VECTOR)?,
+            last_irq_rip: mem.read_u64(page + pcpu::LAST_IRQ_RIP)?,
+        })
+    }
+}
+
+/// Whether KVM wrote an SMM state-save area into the VM's default SMRAM, i.e. a vCPU entered
+/// System Management Mode; returns the offset and value of the first non-zero u64 there.
+pub fn smram_written(mem: &GuestMem) -> Option<(u64, u64)> {
+    (0..0x200 / 8).find_map(|i| {
+        let gpa = layout::SMRAM_SAVE + i * 8;
+        match mem.read_u64(gpa) {
+            Ok(0) | Err(_) => None,
+            Ok(v) => Some((gpa, v)),
+        }
+    })
+}
+
+impl std::fmt::Display for GuestRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.first, self.last) {
+            (Some(first), Some(last)) if first.seq != last.seq => write!(
+                f,
+                "the guest took {} exception(s): first {first}; last {last}",
+                self.exceptions
+            )?,
+            (Some(first), _) => write!(f, "the guest took 1 exception: {first}")?,
+            _ => write!(f, "the guest recorded no exception")?,
+        }
+        write!(f, "; interrupts handled: {}", self.irqs)?;
+        if self.irqs > 0 {
+            write!(
+                f,
+                " (last: vector {:#x} at RIP {:#x})",
+                self.last_vector, self.last_irq_rip
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// A one-line description of a vCPU's state for unexpected exits: mode, segments and the
+/// events KVM holds (after a shutdown SVM has already reset these, the guest record has not).
+fn describe_vcpu_state(fd: &VcpuFd) -> String {
+    let mut out = String::new();
+    match fd.get_sregs() {
+        Ok(s) => out.push_str(&format!(
+            "CR0 {:#x} CR3 {:#x} CR4 {:#x} EFER {:#x} CS {:#x}@{:#x} TR base {:#x} IDT {:#x}/{:#x}",
+            s.cr0,
+            s.cr3,
+            s.cr4,
+            s.efer,
+            s.cs.selector,
+            s.cs.base,
+            s.tr.base,
+            s.idt.base,
+            s.idt.limit
+        )),
+        Err(e) => out.push_str(&format!("KVM_GET_SREGS: {e}")),
+    }
+    match fd.get_vcpu_events() {
+        Ok(e) => out.push_str(&format!(
+            "; events: exception injected {} pending {} nr {} error {:#x} (has {}), interrupt injected {} nr {}, NMI injected {} pending {} masked {}",
+            e.exception.injected,
+            e.exception.pending,
+            e.exception.nr,
+            e.exception.error_code,
+            e.exception.has_error_code,
+            e.interrupt.injected,
+            e.interrupt.nr,
+            e.nmi.injected,
+            e.nmi.pending,
+            e.nmi.masked
+        )),
+        Err(e) => out.push_str(&format!("; KVM_GET_VCPU_EVENTS: {e}")),
+    }
+    match fd.get_mp_state() {
+        Ok(m) => out.push_str(&format!("; MP state {}", m.mp_state)),
+        Err(e) => out.push_str(&format!("; KVM_GET_MP_STATE: {e}")),
+    }
+    out
+}
 
 /// Anonymous memory that backs the guest. Shared between the test and the vCPU threads; all
 /// accesses are volatile and bounds-checked because the guest may be writing at the same time.
@@ -391,9 +604,13 @@ impl TestVm {
         let stubs = layout::CODE + guest::isr_stubs_offset();
         for v in 0..256u64 {
             let handler = stubs + v * guest::ISR_STUB_SIZE;
-            // 64-bit interrupt gate: offset 15:0, selector 0x08, IST 0, type 0xe, P=1, DPL 0.
+            // 64-bit interrupt gate: offset 15:0, selector 0x08, IST, type 0xe, P=1, DPL 0.
+            // #DF switches to IST1 (the vCPU's own exception stack), so that an exception
+            // raised with a broken stack still reaches a handler that reports it.
+            let ist: u64 = if v == DF_VECTOR { 1 } else { 0 };
             let lo = (handler & 0xffff)
                 | (0x08 << 16)
+                | (ist << 32)
                 | (0x8eu64 << 40)
                 | (((handler >> 16) & 0xffff) << 48);
             m.write_u64(layout::IDT + v * 16, lo)?;
@@ -440,9 +657,15 @@ impl TestVm {
             })
             .map_err(|e| anyhow!("KVM_SET_MP_STATE(RUNNABLE) on vCPU {id}: {e}"))?;
         }
-        check_fits(pcpu::SIZE, layout::PAGE, "the vCPU data page")?;
+        check_fits(pcpu::SIZE, pcpu::TSS, "the vCPU data page")?;
         let page = Self::pcpu_gpa(index);
         self.mem.write(page, &[0u8; layout::PAGE as usize])?;
+        // The vCPU's TSS: IST1 (offset 0x24) = top of its #DF stack; no I/O bitmap.
+        let tss = page + pcpu::TSS;
+        self.mem
+            .write(tss + 0x24, &(page + pcpu::IST_STACK_TOP).to_le_bytes())?;
+        self.mem
+            .write(tss + 0x66, &(pcpu::TSS_SIZE as u16).to_le_bytes())?;
         self.set_pcpu(index, pcpu::SELF, page)?;
         self.set_pcpu(index, pcpu::INDEX, index as u64)?;
         self.set_pcpu(index, pcpu::HYPERCALL_VMCALL, u64::from(self.intel))?;
@@ -514,8 +737,8 @@ impl TestVm {
             ..data
         };
         sregs.tr = kvm_segment {
-            base: layout::TSS,
-            limit: 0x67,
+            base: Self::pcpu_gpa(index) + pcpu::TSS,
+            limit: (pcpu::TSS_SIZE - 1) as u32,
             selector: 0x18,
             type_: 0xb, // busy 64-bit TSS
             s: 0,
@@ -627,12 +850,24 @@ fn run_once(vcpu: &mut Vcpu, mem: &GuestMem) -> Result<Step> {
             (port, u32::from_le_bytes(d))
         }
         Ok(exit) => {
-            let what = format!("{exit:?}");
+            let what = match exit {
+                VcpuExit::Shutdown => "Shutdown (the guest triple-faulted)".to_string(),
+                other => format!("{other:?}"),
+            };
             let regs = vcpu.fd.get_regs().ok();
             let rip = regs.map(|r| r.rip).unwrap_or(0);
+            let mut record = GuestRecord::read(mem, vcpu.index)
+                .map(|r| r.to_string())
+                .unwrap_or_else(|e| format!("guest record unreadable: {e:#}"));
+            if let Some((gpa, v)) = smram_written(mem) {
+                record.push_str(&format!(
+                    "; a vCPU of this VM entered SMM (SMI): the SMM state-save area is written ({gpa:#x}: {v:#x})"
+                ));
+            }
             bail!(
-                "vCPU {id}: unexpected exit {what} at RIP {rip:#x} (guest code offset {:#x})",
-                rip.wrapping_sub(layout::CODE)
+                "vCPU {id}: unexpected exit {what} at RIP {rip:#x} (guest code offset {:#x}); {record}; vCPU state: {}",
+                rip.wrapping_sub(layout::CODE),
+                describe_vcpu_state(&vcpu.fd)
             );
         }
         Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
