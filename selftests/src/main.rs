@@ -6,16 +6,13 @@
 //!        (time limit per test: 60 s, or VTLKIT_TEST_TIMEOUT / vtlkit.test_timeout=SECONDS)
 //!        vtlkit-selftests --bench [--ipis N] [--reps R]   (IPI delivery benchmark, [`bench`])
 
-mod apic_groups;
-mod basic;
 mod bench;
-mod fuzz;
-mod guest;
-mod harness;
-mod nested;
-mod stats;
-mod vm;
-mod vtlctl;
+mod framework;
+mod tests;
+
+// The framework at the crate root, so tests write `crate::vm::TestVm`, `crate::harness::Test`.
+pub(crate) use framework::{guest, harness, stats, vm};
+use tests::{apic_groups, basic, fuzz, nested, vtlctl};
 
 use std::io::{self, Write};
 use std::process::ExitCode;
@@ -130,7 +127,7 @@ fn bench_main(args: &[String]) -> ExitCode {
 }
 
 #[cfg(test)]
-mod tests {
+mod unit {
     use super::*;
 
     #[test]
