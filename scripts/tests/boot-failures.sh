@@ -6,6 +6,7 @@
 # its time limit and the tests after it still run; a clean success must pass.
 # (scripts/tests/kernel-log-scan.sh checks the scan on recorded runs without QEMU.)
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 fail=0
 # expect NAME WANT_RC GUEST_CMD REGEX...: boot with VTLKIT_GUEST_CMD=GUEST_CMD (and the
@@ -13,24 +14,10 @@ fail=0
 # injected messages are split with '' so that the kernel command line (which dmesg echoes)
 # does not carry them.
 expect() {
-	local name=$1 want=$2 cmd=$3 out rc=0 re
+	local name=$1 want=$2 cmd=$3 out rc=0
 	shift 3
 	out=$(VTLKIT_GUEST_CMD=$cmd VTLKIT_TIMEOUT=120 "$VTLKIT_ROOT/scripts/boot.sh" 2>&1) || rc=$?
-	if [ "$rc" != "$want" ]; then
-		echo "not ok - $name: boot.sh exited $rc, expected $want"
-		sed 's/^/    /' <<<"$out" | tail -n 15
-		fail=1
-		return
-	fi
-	for re in "$@"; do
-		if ! grep -qE -- "$re" <<<"$out"; then
-			echo "not ok - $name: output lacks /$re/"
-			sed 's/^/    /' <<<"$out" | tail -n 15
-			fail=1
-			return
-		fi
-	done
-	echo "ok - $name (exit $rc)"
+	verdict "$name" "$want" "$rc" "$out" "$@"
 }
 
 expect "guest command exit status is returned" 3 "exit 3" "exit status 3"

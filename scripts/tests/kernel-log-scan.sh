@@ -5,6 +5,7 @@
 # guest's dmesg, or on the console only, fails the run; what the tests print (a diagnostic
 # saying "WARNING:", "BUG:", ...) and the kernel's echo of its command line do not.
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -85,26 +86,12 @@ EOF
 fail=0
 # check NAME WANT_RC REGEX...: run boot.sh on the prepared $tmp/{console,dmesg,status}.
 check() {
-	local name=$1 want=$2 out rc=0 re
+	local name=$1 want=$2 out rc=0
 	shift 2
 	out=$(PATH="$tmp/bin:$PATH" FAKE_DIR=$tmp VTLKIT_BUILD_DIR=$tmp/build VTLKIT_ACCEL=tcg \
 		VTLKIT_KERNEL=$tmp/bzImage VTLKIT_INITRD=$tmp/initramfs.cpio VTLKIT_TIMEOUT=60 \
 		"$VTLKIT_ROOT/scripts/boot.sh" 2>&1) || rc=$?
-	if [ "$rc" != "$want" ]; then
-		echo "not ok - $name: boot.sh exited $rc, expected $want"
-		sed 's/^/    /' <<<"$out" | tail -n 15
-		fail=1
-		return
-	fi
-	for re in "$@"; do
-		if ! grep -qE -- "$re" <<<"$out"; then
-			echo "not ok - $name: output lacks /$re/"
-			sed 's/^/    /' <<<"$out" | tail -n 15
-			fail=1
-			return
-		fi
-	done
-	echo "ok - $name (exit $rc)"
+	verdict "$name" "$want" "$rc" "$out" "$@"
 }
 reset() {
 	base_console >"$tmp/console"

@@ -15,7 +15,7 @@ use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_HALTED};
 use super::scenario::{build_checked, two_groups, Mode, G0_A, G0_B, G1_A, G1_B};
 use crate::guest::{pcpu, prog, ucall};
 use crate::harness::{Outcome, TestResult};
-use crate::vm::{lapic_bit, lapic_reg, layout, TestVm, Vcpu, DEFAULT_TIMEOUT};
+use crate::vm::{lapic_bit, lapic_reg, layout, Running, TestVm, Vcpu, DEFAULT_TIMEOUT};
 use crate::{check, check_eq};
 
 /// The vector of the acknowledged IPIs.
@@ -57,6 +57,29 @@ fn still_halted(v: &Vcpu) -> Result<()> {
     Ok(())
 }
 
+/// Start the four vCPUs, wait until each has enabled its APIC (the receivers halt right
+/// after), give them a moment to get there, and release the sender G1_A; fail if it does not
+/// finish, with `progress` saying how far the group-1 receiver got.
+fn start_and_release_sender(
+    vm: &mut TestVm,
+    progress: impl FnOnce(&TestVm) -> Result<String>,
+) -> Result<Running> {
+    let running = vm.start()?;
+    for i in 0..4 {
+        running
+            .wait_sync(i, ucall::STAGE_APIC_READY, DEFAULT_TIMEOUT)
+            .with_context(|| format!("vCPU index {i} enabling its APIC"))?;
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    vm.set_pcpu(G1_A, pcpu::GO, 1)?;
+    if let Err(e) = running.wait_sync(G1_A, ucall::STAGE_SENT, Duration::from_secs(20)) {
+        let got = progress(vm)?;
+        let state = running.stop_and_describe();
+        bail!("the group-1 receiver (index {G1_B}) {got}: {e:#}\nvCPU state: {state}");
+    }
+    Ok(running)
+}
+
 pub(super) fn apic_group_wake() -> TestResult {
     let nodes = two_groups();
     let Some(vm) = build_checked(&nodes, Mode::X2apic)? else {
@@ -75,22 +98,12 @@ pub(super) fn apic_group_wake() -> TestResult {
 fn wake_by_ipi(mut vm: TestVm) -> Result<()> {
     let counter = TestVm::pcpu_gpa(G1_B) + pcpu::IRQ_COUNTS + 4 * u64::from(VECTOR);
     one_command(&vm, G1_A, &[prog::PING, 1, VECTOR.into(), ROUNDS, counter])?;
-    let running = vm.start()?;
-    for i in 0..4 {
-        running
-            .wait_sync(i, ucall::STAGE_APIC_READY, DEFAULT_TIMEOUT)
-            .with_context(|| format!("vCPU index {i} enabling its APIC"))?;
-    }
-    // The receivers halt right after READY; give them a moment to get there.
-    std::thread::sleep(Duration::from_millis(50));
-    vm.set_pcpu(G1_A, pcpu::GO, 1)?;
-    if let Err(e) = running.wait_sync(G1_A, ucall::STAGE_SENT, Duration::from_secs(20)) {
-        let got = vm.mem.read_u32(counter)?;
-        let state = running.stop_and_describe();
-        bail!(
-            "the group-1 receiver (index {G1_B}) handled {got} of {ROUNDS} IPIs, then the next did not arrive: {e:#}\nvCPU state: {state}"
-        );
-    }
+    let running = start_and_release_sender(&mut vm, |vm| {
+        Ok(format!(
+            "handled {} of {ROUNDS} IPIs, then the next did not arrive",
+            vm.mem.read_u32(counter)?
+        ))
+    })?;
     running.check_no_pending()?;
     let vcpus = running.stop()?;
     let count = |i: usize| -> Result<(u32, u64)> {
@@ -149,21 +162,12 @@ fn wake_by_kick(mut vm: TestVm) -> Result<()> {
     one_command(&vm, G1_A, &[prog::KICK, 1, ROUNDS, receiver_wakes])?;
     vm.set_pcpu(G1_B, pcpu::GO, 1)?;
     vm.set_pcpu(G0_B, pcpu::GO, 1)?;
-    let running = vm.start()?;
-    for i in 0..4 {
-        running
-            .wait_sync(i, ucall::STAGE_APIC_READY, DEFAULT_TIMEOUT)
-            .with_context(|| format!("vCPU index {i} enabling its APIC"))?;
-    }
-    std::thread::sleep(Duration::from_millis(50));
-    vm.set_pcpu(G1_A, pcpu::GO, 1)?;
-    if let Err(e) = running.wait_sync(G1_A, ucall::STAGE_SENT, Duration::from_secs(20)) {
-        let got = vm.mem.read_u64(receiver_wakes)?;
-        let state = running.stop_and_describe();
-        bail!(
-            "the group-1 receiver (index {G1_B}) woke {got} of {ROUNDS} times, then a kick did not wake it: {e:#}\nvCPU state: {state}"
-        );
-    }
+    let running = start_and_release_sender(&mut vm, |vm| {
+        Ok(format!(
+            "woke {} of {ROUNDS} times, then a kick did not wake it",
+            vm.mem.read_u64(receiver_wakes)?
+        ))
+    })?;
     running
         .wait_sync(G1_B, ucall::STAGE_SENT, DEFAULT_TIMEOUT)
         .context("the group-1 receiver finishing its wake-ups")?;
