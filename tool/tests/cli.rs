@@ -70,13 +70,7 @@ fn closed_stdout_with_a_real_reader_that_stops() {
     assert!(first.starts_with("{\"schema\":1"), "{first}");
     // The reader is dropped here: vtlctl's next frame hits EPIPE.
     let st = child.wait().expect("wait");
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut err)
-        .expect("read");
+    let err = stderr_of(&mut child);
     assert_eq!(st.code(), Some(0), "{err}");
     assert!(err.is_empty(), "{err}");
 }
@@ -327,13 +321,7 @@ fn watch_ends_on_ctrl_c_and_when_the_vm_goes() {
             );
             std::thread::sleep(Duration::from_millis(20));
         };
-        let mut err = String::new();
-        child
-            .stderr
-            .take()
-            .expect("stderr")
-            .read_to_string(&mut err)
-            .expect("read");
+        let err = stderr_of(&mut child);
         assert_eq!(st.code(), Some(want), "{args:?}: {err}");
         if remove_vm {
             assert!(err.contains(&name), "{err}");
@@ -350,4 +338,16 @@ fn debugfs_option_is_not_a_live_debugfs() {
         vtlctl::comm_root(std::path::Path::new(vtlctl::DEFAULT_ROOT)),
         std::path::Path::new("/proc")
     );
+}
+
+/// Everything a finished child wrote to its piped stderr.
+fn stderr_of(child: &mut std::process::Child) -> String {
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("read");
+    err
 }

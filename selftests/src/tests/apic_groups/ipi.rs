@@ -183,14 +183,7 @@ pub(super) fn apic_group_ipi_xapic_cluster() -> TestResult {
 pub(super) fn apic_group_ids_visible() -> TestResult {
     for mode in [Mode::XapicFlat, Mode::X2apic] {
         // IDs that differ from every vcpu_id, shared by a VTL 0 and a VTL 1 vCPU each.
-        let n = |vcpu_id, group, apic_id, vtl| Node {
-            vcpu_id,
-            group: Some(ApicGroup {
-                group,
-                apic_id,
-                vtl,
-            }),
-        };
+        let n = Node::assigned;
         let nodes = [n(0, 0, 5, 0), n(1, 0, 3, 0), n(2, 1, 5, 1), n(3, 1, 3, 1)];
         let Some(vm) = build_checked(&nodes, mode)? else {
             return Ok(Outcome::Skip("KVM_CAP_APIC_GROUPS < 2".into()));

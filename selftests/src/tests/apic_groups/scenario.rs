@@ -64,6 +64,18 @@ pub(super) struct Node {
 }
 
 impl Node {
+    /// vCPU `vcpu_id`, assigned to `group` with APIC ID `apic_id` and VTL label `vtl`.
+    pub(super) fn assigned(vcpu_id: u64, group: u32, apic_id: u32, vtl: u8) -> Self {
+        Node {
+            vcpu_id,
+            group: Some(ApicGroup {
+                group,
+                apic_id,
+                vtl,
+            }),
+        }
+    }
+
     pub(super) fn visible_apic_id(&self) -> u32 {
         self.group.map_or(self.vcpu_id as u32, |g| g.apic_id)
     }
@@ -80,14 +92,7 @@ pub(super) const G1_A: usize = 2;
 pub(super) const G1_B: usize = 3;
 
 pub(super) fn two_groups() -> Vec<Node> {
-    let n = |vcpu_id, group, apic_id, vtl| Node {
-        vcpu_id,
-        group: Some(ApicGroup {
-            group,
-            apic_id,
-            vtl,
-        }),
-    };
+    let n = Node::assigned;
     vec![n(0, 0, 0, 0), n(1, 0, 1, 0), n(2, 1, 0, 1), n(3, 1, 1, 1)]
 }
 
