@@ -129,6 +129,13 @@ struct kvm_lapic_state {
 /* KVM_GET_APIC_GROUP: the vCPU has not been assigned to a group yet */
 #define KVM_APIC_GROUP_NONE	0xffffffffU
 
+/*
+ * Hyper-V partition privileges (CPUID 0x40000003 EBX) that the VSM
+ * hypercalls forwarded with KVM_CAP_HYPERV_VSM require.
+ */
+#define KVM_HV_ACCESS_VSM		(1U << 16)
+#define KVM_HV_ACCESS_VP_REGISTERS	(1U << 17)
+
 /* for KVM_SET_APIC_GROUP and KVM_GET_APIC_GROUP */
 struct kvm_apic_group {
 	__u32 group;		/* APIC group (interrupt namespace) */

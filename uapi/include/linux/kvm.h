@@ -96,6 +96,8 @@ struct kvm_hyperv_exit {
 #define KVM_EXIT_HYPERV_SYNIC          1
 #define KVM_EXIT_HYPERV_HCALL          2
 #define KVM_EXIT_HYPERV_SYNDBG         3
+/* u.hcall.flags: a fast hypercall's XMM input is in u.hcall.xmm */
+#define KVM_HYPERV_HCALL_XMM_INPUT     (1U << 0)
 	__u32 type;
 	__u32 pad1;
 	union {
@@ -110,6 +112,11 @@ struct kvm_hyperv_exit {
 			__u64 input;
 			__u64 result;
 			__u64 params[2];
+			/* KVM_HYPERV_HCALL_* flags, set by KVM */
+			__u32 flags;
+			__u32 pad3;
+			/* XMM0..XMM5 (low, high) with KVM_HYPERV_HCALL_XMM_INPUT */
+			__u64 xmm[12];
 		} hcall;
 		struct {
 			__u32 msr;
@@ -928,6 +935,7 @@ struct kvm_enable_cap {
 #define KVM_CAP_X86_APIC_BUS_CYCLES_NS 237
 #define KVM_CAP_X86_GUEST_MODE 238
 #define KVM_CAP_APIC_GROUPS 239
+#define KVM_CAP_HYPERV_VSM 240
 
 struct kvm_irq_routing_irqchip {
 	__u32 irqchip;
@@ -956,7 +964,11 @@ struct kvm_irq_routing_s390_adapter {
 struct kvm_irq_routing_hv_sint {
 	__u32 vcpu;
 	__u32 sint;
+	__u32 apic_group;	/* with KVM_HV_SINT_VALID_APIC_GROUP */
 };
+
+/* kvm_irq_routing_entry.flags of a KVM_IRQ_ROUTING_HV_SINT entry */
+#define KVM_HV_SINT_VALID_APIC_GROUP	(1U << 1)
 
 struct kvm_irq_routing_xen_evtchn {
 	__u32 port;
