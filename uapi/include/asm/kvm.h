@@ -130,11 +130,11 @@ struct kvm_lapic_state {
 #define KVM_APIC_GROUP_NONE	0xffffffffU
 
 /*
- * Hyper-V partition privileges (CPUID 0x40000003 EBX) that the VSM
- * hypercalls forwarded with KVM_CAP_HYPERV_VSM require.
+ * Hyper-V partition privileges (CPUID 0x40000003 EBX) of the hypercalls
+ * that KVM_CAP_HYPERV_VSM forwards to userspace
  */
-#define KVM_HV_ACCESS_VSM		(1U << 16)
-#define KVM_HV_ACCESS_VP_REGISTERS	(1U << 17)
+#define KVM_HV_ACCESS_VSM		0x00010000U	/* bit 16 */
+#define KVM_HV_ACCESS_VP_REGISTERS	0x00020000U	/* bit 17 */
 
 /* for KVM_SET_APIC_GROUP and KVM_GET_APIC_GROUP */
 struct kvm_apic_group {

@@ -96,7 +96,7 @@ struct kvm_hyperv_exit {
 #define KVM_EXIT_HYPERV_SYNIC          1
 #define KVM_EXIT_HYPERV_HCALL          2
 #define KVM_EXIT_HYPERV_SYNDBG         3
-/* u.hcall.flags: a fast hypercall's XMM input is in u.hcall.xmm */
+/* u.hcall.flags: xmm holds the XMM input of a fast hypercall */
 #define KVM_HYPERV_HCALL_XMM_INPUT     (1U << 0)
 	__u32 type;
 	__u32 pad1;
@@ -112,10 +112,9 @@ struct kvm_hyperv_exit {
 			__u64 input;
 			__u64 result;
 			__u64 params[2];
-			/* KVM_HYPERV_HCALL_* flags, set by KVM */
-			__u32 flags;
+			__u32 flags;	/* KVM_HYPERV_HCALL_* */
 			__u32 pad3;
-			/* XMM0..XMM5 (low, high) with KVM_HYPERV_HCALL_XMM_INPUT */
+			/* XMM0..5 (low, high), with KVM_HYPERV_HCALL_XMM_INPUT */
 			__u64 xmm[12];
 		} hcall;
 		struct {
@@ -964,10 +963,10 @@ struct kvm_irq_routing_s390_adapter {
 struct kvm_irq_routing_hv_sint {
 	__u32 vcpu;
 	__u32 sint;
-	__u32 apic_group;	/* with KVM_HV_SINT_VALID_APIC_GROUP */
+	__u32 apic_group;	/* x86, with KVM_HV_SINT_VALID_APIC_GROUP */
 };
 
-/* kvm_irq_routing_entry.flags of a KVM_IRQ_ROUTING_HV_SINT entry */
+/* x86: apic_group names the APIC group of the target, see KVM_CAP_APIC_GROUPS */
 #define KVM_HV_SINT_VALID_APIC_GROUP	(1U << 1)
 
 struct kvm_irq_routing_xen_evtchn {
