@@ -43,6 +43,13 @@ pub mod ucall {
     pub const STAGE_APIC_READY: u64 = 0x20;
     /// Stage of the APIC guest's SYNC after it ran its send program: (stage, commands run).
     pub const STAGE_SENT: u64 = 0x21;
+    /// Stage of the Hyper-V guest's SYNC once it wrote its Hyper-V MSRs: (stage,
+    /// HV_X64_MSR_GUEST_OS_ID, HV_X64_MSR_HYPERCALL, HV_X64_MSR_VP_INDEX) as it read them back.
+    pub const STAGE_HV_READY: u64 = 0x30;
+    /// Stage of the Hyper-V guest's SYNC after its hypercall program: (stage, steps run).
+    pub const STAGE_HV_DONE: u64 = 0x31;
+    /// Stage of a program's gate ([`super::hvprog::GATE`]): (stage, token).
+    pub const STAGE_HV_GATE: u64 = 0x32;
 }
 
 /// Offsets in a vCPU's data page (the GS base of that vCPU); see [`crate::vm::layout::PCPU`].
@@ -75,6 +82,12 @@ pub mod pcpu {
     pub const LAST_VECTOR: u64 = 0x98;
     /// u64: RIP the last interrupt interrupted.
     pub const LAST_IRQ_RIP: u64 = 0xa0;
+    /// u64: what the Hyper-V guest writes to HV_X64_MSR_GUEST_OS_ID (0 = no write).
+    pub const HV_GUEST_OS_ID: u64 = 0xa8;
+    /// u64: what the Hyper-V guest writes to HV_X64_MSR_HYPERCALL (0 = no write).
+    pub const HV_HYPERCALL: u64 = 0xb0;
+    /// u64: steps of its hypercall program the Hyper-V guest has finished.
+    pub const HV_STEPS: u64 = 0xb8;
     /// u32 x 256: interrupts handled, per vector.
     pub const IRQ_COUNTS: u64 = 0x100;
     /// u64: exceptions (vectors 0..31) taken.
@@ -171,6 +184,50 @@ pub mod prog {
     pub const HALT_WAKES: u64 = 6;
     /// Offset of the result slot in an entry.
     pub const RESULT: u64 = 56;
+}
+
+/// The Hyper-V guest's hypercall program ([`crate::hyperv::Program`] writes it): an array of
+/// [`hvprog::ENTRY_SIZE`]-byte entries, ended by kind [`hvprog::END`]. For a hypercall the
+/// guest loads XMM0..5, RCX, RDX, R8 and RAX from the entry, calls, and stores RAX and RCX
+/// back; every step sets [`hvprog::DONE`] when finished.
+pub mod hvprog {
+    /// Size of one entry.
+    pub const ENTRY_SIZE: u64 = 160;
+    /// u64: the step's kind.
+    pub const KIND: u64 = 0;
+    /// u64: the control word (RCX) of a hypercall.
+    pub const CONTROL: u64 = 8;
+    /// u64: RDX of a hypercall.
+    pub const RDX: u64 = 16;
+    /// u64: R8 of a hypercall.
+    pub const R8: u64 = 24;
+    /// u64: first argument of the other kinds.
+    pub const A0: u64 = 8;
+    /// u64: second argument of the other kinds.
+    pub const A1: u64 = 16;
+    /// u64: RAX before the hypercall.
+    pub const RAX_IN: u64 = 32;
+    /// u64: RAX after the hypercall (the status), or the RDMSR value.
+    pub const RESULT: u64 = 40;
+    /// u64: RCX after the hypercall.
+    pub const RCX_OUT: u64 = 48;
+    /// u64: set to 1 once the step is finished.
+    pub const DONE: u64 = 56;
+    /// 6 x 16 bytes: XMM0..XMM5 of a hypercall.
+    pub const XMM: u64 = 64;
+
+    /// End of the program.
+    pub const END: u64 = 0;
+    /// A hypercall (CONTROL, RDX, R8, RAX_IN, XMM).
+    pub const HCALL: u64 = 1;
+    /// RDMSR A0; the value goes in RESULT.
+    pub const RDMSR: u64 = 2;
+    /// WRMSR A0 = A1.
+    pub const WRMSR: u64 = 3;
+    /// Wait until this vCPU handled A1 interrupts on vector A0.
+    pub const WAIT_IRQS: u64 = 4;
+    /// SYNC(STAGE_HV_GATE, A0), then wait until the data page's GO equals A0.
+    pub const GATE: u64 = 5;
 }
 
 // The guest code. Intel syntax (the Rust default for `global_asm!`).
@@ -576,6 +633,133 @@ vtlkit_guest_apic_main:
     jmp vtlkit_guest_halt_forever
 
 // ---------------------------------------------------------------------------------------------
+// The Hyper-V guest.
+
+// vtlkit_guest_rdmsr64: ECX = MSR; returns RAX = its 64-bit value. Clobbers RDX.
+vtlkit_guest_rdmsr64:
+    rdmsr
+    shl rdx, 32
+    or rax, rdx
+    ret
+
+// vtlkit_guest_wrmsr64: ECX = MSR, RAX = 64-bit value. Clobbers RDX.
+vtlkit_guest_wrmsr64:
+    mov rdx, rax
+    shr rdx, 32
+    wrmsr
+    ret
+
+// vtlkit_guest_hv_hcall: the hypercall of the program entry at RBX: XMM0..5, RCX (control),
+// RDX, R8 and RAX from the entry, then `vmmcall` (`vmcall` on Intel); RAX and RCX after it go
+// back into the entry. Clobbers RAX, RCX, RDX, R8, XMM0..5.
+vtlkit_guest_hv_hcall:
+    movdqu xmm0, [rbx + {HVPROG_XMM}]
+    movdqu xmm1, [rbx + {HVPROG_XMM} + 16]
+    movdqu xmm2, [rbx + {HVPROG_XMM} + 32]
+    movdqu xmm3, [rbx + {HVPROG_XMM} + 48]
+    movdqu xmm4, [rbx + {HVPROG_XMM} + 64]
+    movdqu xmm5, [rbx + {HVPROG_XMM} + 80]
+    mov rcx, [rbx + {HVPROG_CONTROL}]
+    mov rdx, [rbx + {HVPROG_RDX}]
+    mov r8, [rbx + {HVPROG_R8}]
+    mov rax, [rbx + {HVPROG_RAX_IN}]
+    cmp qword ptr gs:[{PCPU_HYPERCALL_VMCALL}], 0
+    jne 2f
+    vmmcall                                 // AMD
+    jmp 3f
+2:  vmcall                                  // Intel
+3:  mov [rbx + {HVPROG_RESULT}], rax
+    mov [rbx + {HVPROG_RCX_OUT}], rcx
+    ret
+
+// vtlkit_guest_hv_step: run the program entry at RBX (kind in RAX). Preserves RBX and R12.
+vtlkit_guest_hv_step:
+    cmp rax, {HVPROG_HCALL}
+    jne 2f
+    jmp vtlkit_guest_hv_hcall
+2:  cmp rax, {HVPROG_RDMSR}
+    jne 3f
+    mov ecx, [rbx + {HVPROG_A0}]
+    call vtlkit_guest_rdmsr64
+    mov [rbx + {HVPROG_RESULT}], rax
+    ret
+3:  cmp rax, {HVPROG_WRMSR}
+    jne 4f
+    mov ecx, [rbx + {HVPROG_A0}]
+    mov rax, [rbx + {HVPROG_A1}]
+    jmp vtlkit_guest_wrmsr64
+4:  cmp rax, {HVPROG_WAIT_IRQS}
+    jne 5f
+    mov rdi, [rbx + {HVPROG_A0}]
+    mov rsi, [rbx + {HVPROG_A1}]
+    jmp vtlkit_guest_wait_irqs
+5:  GUEST_ASSERT_EQ rax, {HVPROG_GATE}, "unknown hypercall-program step"
+    mov rdi, {STAGE_HV_GATE}
+    mov rsi, [rbx + {HVPROG_A0}]
+    UCALL {UCALL_SYNC}
+6:  cmp gs:[{PCPU_GO}], rsi                 // interrupts are taken meanwhile
+    je 7f
+    pause
+    jmp 6b
+7:  ret
+
+// Entry: vtlkit_guest_hv_main. The body of the Hyper-V tests:
+//   1. enable the APIC as the data page says;
+//   2. write HV_X64_MSR_GUEST_OS_ID and HV_X64_MSR_HYPERCALL with the data page's values
+//      (HV_GUEST_OS_ID, HV_HYPERCALL; 0 = leave that MSR alone);
+//   3. SYNC(STAGE_HV_READY, GUEST_OS_ID, HYPERCALL, VP_INDEX) as read back with RDMSR;
+//   4. STI; with no program, halt forever (counting interrupts); with one, wait for GO, run
+//      it (hvprog), SYNC(STAGE_HV_DONE, steps run), halt forever.
+    .globl vtlkit_guest_hv_main
+vtlkit_guest_hv_main:
+    call vtlkit_guest_apic_enable
+    mov rax, gs:[{PCPU_HV_GUEST_OS_ID}]
+    test rax, rax
+    jz 2f
+    mov ecx, {HV_MSR_GUEST_OS_ID}
+    call vtlkit_guest_wrmsr64
+2:  mov rax, gs:[{PCPU_HV_HYPERCALL}]
+    test rax, rax
+    jz 3f
+    mov ecx, {HV_MSR_HYPERCALL}
+    call vtlkit_guest_wrmsr64
+3:  mov ecx, {HV_MSR_GUEST_OS_ID}
+    call vtlkit_guest_rdmsr64
+    mov r12, rax
+    mov ecx, {HV_MSR_HYPERCALL}
+    call vtlkit_guest_rdmsr64
+    mov r13, rax
+    mov ecx, {HV_MSR_VP_INDEX}
+    call vtlkit_guest_rdmsr64
+    mov r8, rax
+    mov rdi, {STAGE_HV_READY}
+    mov rsi, r12
+    mov rcx, r13
+    UCALL {UCALL_SYNC}
+    sti
+    mov rbx, gs:[{PCPU_PROGRAM}]
+    test rbx, rbx
+    jz vtlkit_guest_halt_forever
+4:  cmp qword ptr gs:[{PCPU_GO}], 0         // wait for GO; interrupts are taken meanwhile
+    jne 5f
+    pause
+    jmp 4b
+5:  xor r12, r12                            // R12 = steps run
+6:  mov rax, [rbx + {HVPROG_KIND}]
+    cmp rax, {HVPROG_END}
+    je 7f
+    call vtlkit_guest_hv_step
+    mov qword ptr [rbx + {HVPROG_DONE}], 1
+    inc r12
+    mov gs:[{PCPU_HV_STEPS}], r12
+    add rbx, {HVPROG_ENTRY_SIZE}
+    jmp 6b
+7:  mov rdi, {STAGE_HV_DONE}
+    mov rsi, r12
+    UCALL {UCALL_SYNC}
+    jmp vtlkit_guest_halt_forever
+
+// ---------------------------------------------------------------------------------------------
 // Interrupt and exception entry. 256 stubs of 16 bytes each; the IDT entry for vector v points
 // at vtlkit_guest_isr_stubs + 16 * v. Each stub makes the frame uniform (a 0 error code for
 // vectors where the CPU pushes none), pushes its vector, and jumps to the common code.
@@ -706,6 +890,33 @@ vtlkit_guest_end:
     KVM_HC_KICK_CPU = const KVM_HC_KICK_CPU,
     PROG_RESULT = const prog::RESULT,
     PROG_ENTRY_SIZE = const prog::ENTRY_SIZE,
+    STAGE_HV_READY = const ucall::STAGE_HV_READY,
+    STAGE_HV_DONE = const ucall::STAGE_HV_DONE,
+    STAGE_HV_GATE = const ucall::STAGE_HV_GATE,
+    PCPU_HV_GUEST_OS_ID = const pcpu::HV_GUEST_OS_ID,
+    PCPU_HV_HYPERCALL = const pcpu::HV_HYPERCALL,
+    PCPU_HV_STEPS = const pcpu::HV_STEPS,
+    HV_MSR_GUEST_OS_ID = const crate::hyperv::msr::GUEST_OS_ID,
+    HV_MSR_HYPERCALL = const crate::hyperv::msr::HYPERCALL,
+    HV_MSR_VP_INDEX = const crate::hyperv::msr::VP_INDEX,
+    HVPROG_ENTRY_SIZE = const hvprog::ENTRY_SIZE,
+    HVPROG_KIND = const hvprog::KIND,
+    HVPROG_CONTROL = const hvprog::CONTROL,
+    HVPROG_RDX = const hvprog::RDX,
+    HVPROG_R8 = const hvprog::R8,
+    HVPROG_A0 = const hvprog::A0,
+    HVPROG_A1 = const hvprog::A1,
+    HVPROG_RAX_IN = const hvprog::RAX_IN,
+    HVPROG_RESULT = const hvprog::RESULT,
+    HVPROG_RCX_OUT = const hvprog::RCX_OUT,
+    HVPROG_DONE = const hvprog::DONE,
+    HVPROG_XMM = const hvprog::XMM,
+    HVPROG_END = const hvprog::END,
+    HVPROG_HCALL = const hvprog::HCALL,
+    HVPROG_RDMSR = const hvprog::RDMSR,
+    HVPROG_WRMSR = const hvprog::WRMSR,
+    HVPROG_WAIT_IRQS = const hvprog::WAIT_IRQS,
+    HVPROG_GATE = const hvprog::GATE,
 );
 
 /// KVM hypercall number of the PV IPI (`KVM_HC_SEND_IPI` in include/uapi/linux/kvm_para.h).
@@ -719,6 +930,7 @@ extern "C" {
     static vtlkit_guest_end: u8;
     static vtlkit_guest_long_mode: u8;
     static vtlkit_guest_apic_main: u8;
+    static vtlkit_guest_hv_main: u8;
     static vtlkit_guest_isr_stubs: u8;
     static vtlkit_guest_fault_ud: u8;
     static vtlkit_guest_fault_ud_insn: u8;
@@ -736,6 +948,9 @@ pub enum Entry {
     LongMode,
     /// Enable the APIC, report ready, optionally run a send program, then halt forever.
     ApicMain,
+    /// Enable the APIC, write the Hyper-V MSRs, report ready, optionally run a hypercall
+    /// program ([`crate::hyperv::Program`]), then halt forever.
+    HvMain,
     /// Execute UD2 at [`fault_insn_offset`]`(FaultUd)` (tests the exception report).
     FaultUd,
     /// Load RSP from ARGS[0], then execute UD2: the #UD cannot be delivered, which escalates
@@ -764,6 +979,7 @@ pub fn entry_offset(e: Entry) -> u64 {
     let sym = match e {
         Entry::LongMode => &raw const vtlkit_guest_long_mode,
         Entry::ApicMain => &raw const vtlkit_guest_apic_main,
+        Entry::HvMain => &raw const vtlkit_guest_hv_main,
         Entry::FaultUd => &raw const vtlkit_guest_fault_ud,
         Entry::FaultBadStack => &raw const vtlkit_guest_fault_bad_stack,
     };
@@ -795,6 +1011,9 @@ mod tests {
         assert!(!c.is_empty() && c.len() < 0x10000, "blob size {}", c.len());
         assert!(entry_offset(Entry::LongMode) < c.len() as u64);
         assert!(entry_offset(Entry::ApicMain) < c.len() as u64);
+        assert!(entry_offset(Entry::HvMain) < c.len() as u64);
+        const { assert!(hvprog::XMM + 96 <= hvprog::ENTRY_SIZE) };
+        const { assert!(pcpu::HV_STEPS + 8 <= pcpu::IRQ_COUNTS) };
         let stubs = isr_stubs_offset();
         assert_eq!(stubs % 16, 0);
         assert!(stubs + 256 * ISR_STUB_SIZE <= c.len() as u64);

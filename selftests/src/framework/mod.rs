@@ -10,9 +10,13 @@
 //!   and the report of a nested guest's unexpected exceptions;
 //! * [`guest`]: the guest code (assembled at build time from readable Rust-side constants): the
 //!   send programs, interrupt handlers that count per vector, ICR/MSR constants;
-//! * [`stats`]: KVM's binary statistics (`KVM_GET_STATS_FD`) by name.
+//! * [`stats`]: KVM's binary statistics (`KVM_GET_STATS_FD`) by name;
+//! * [`hyperv`]: Hyper-V in test VMs: CPUID leaves, VP indexes, `KVM_CAP_HYPERV_VSM` and
+//!   SynIC, hypercall programs the guest runs, `KVM_EXIT_HYPERV` handed to the test, SINT
+//!   routes (its module documentation walks through a Hyper-V test).
 
 pub mod guest;
 pub mod harness;
+pub mod hyperv;
 pub mod stats;
 pub mod vm;

@@ -12,6 +12,12 @@
 //! A vCPU runs either on the calling thread ([`TestVm::run_vcpu`], until the next ucall), or,
 //! for multi-vCPU tests, each on its own thread ([`TestVm::start`] → [`Running`]), where the
 //! test waits for ucalls per vCPU and finally stops the threads to inspect the vCPUs.
+//!
+//! Hyper-V: [`VmOptions::hyperv`] gives every vCPU the Hyper-V CPUID leaves;
+//! [`TestVm::set_vp_index`], [`TestVm::load_hv_program`] and [`TestVm::on_hyperv_exit`] do
+//! the rest (the module [`crate::hyperv`] says how a Hyper-V test is put together). Exits
+//! other than the ucall port I/O are errors that describe the vCPU, except `KVM_EXIT_HYPERV`,
+//! which goes to the test's handler.
 
 use std::collections::VecDeque;
 use std::os::unix::thread::JoinHandleExt;
@@ -30,6 +36,7 @@ use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use vtlkit_uapi::{ApicGroup, VcpuApicGroupExt};
 
 use crate::guest::{self, pcpu, ucall, Entry};
+use crate::hyperv::{self, ExitCtx, HypervExit, HypervHandler};
 
 /// Guest-physical memory layout (identity-mapped, so these are also the guest's virtual
 /// addresses).
@@ -473,6 +480,11 @@ pub struct VmOptions {
     /// without an APIC group and must be assigned one ([`TestVm::add_vcpu_in_group`] or
     /// [`TestVm::assign_group`]) before it runs.
     pub apic_groups: bool,
+    /// Give every vCPU the Hyper-V CPUID leaves (`KVM_GET_SUPPORTED_HV_CPUID` merged over
+    /// the supported CPUID in place of KVM's own 0x400000xx leaves), which turns on KVM's
+    /// Hyper-V emulation for it; [`TestVm::add_vcpu`] then also fills in the data page's
+    /// `HV_GUEST_OS_ID` and `HV_HYPERCALL` for [`Entry::HvMain`].
+    pub hyperv: bool,
 }
 
 impl Default for VmOptions {
@@ -480,6 +492,7 @@ impl Default for VmOptions {
         VmOptions {
             irqchip: true,
             apic_groups: false,
+            hyperv: false,
         }
     }
 }
@@ -517,6 +530,8 @@ pub struct TestVm {
     cpuid: CpuId,
     intel: bool,
     irqchip: bool,
+    hyperv: bool,
+    hv_handler: Option<HypervHandler>,
 }
 
 /// Open /dev/kvm with a message that says what failed.
@@ -552,6 +567,11 @@ impl TestVm {
         let cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(|e| anyhow!("KVM_GET_SUPPORTED_CPUID: {e}"))?;
+        let cpuid = if opts.hyperv {
+            hyperv::merge_hv_cpuid(&cpuid, &hyperv::hv_cpuid(&kvm)?)?
+        } else {
+            cpuid
+        };
         let intel = cpuid
             .as_slice()
             .iter()
@@ -565,6 +585,8 @@ impl TestVm {
             cpuid,
             intel,
             irqchip: opts.irqchip,
+            hyperv: opts.hyperv,
+            hv_handler: None,
         };
         vm.write_page_tables()?;
         vm.write_gdt_idt()?;
@@ -670,8 +692,41 @@ impl TestVm {
         self.set_pcpu(index, pcpu::INDEX, index as u64)?;
         self.set_pcpu(index, pcpu::HYPERCALL_VMCALL, u64::from(self.intel))?;
         self.set_pcpu(index, pcpu::APIC_MODE, pcpu::APIC_MODE_X2APIC)?;
+        if self.hyperv {
+            self.set_pcpu(index, pcpu::HV_GUEST_OS_ID, hyperv::GUEST_OS_ID_LINUX)?;
+            self.set_pcpu(
+                index,
+                pcpu::HV_HYPERCALL,
+                hyperv::HYPERCALL_PAGE | hyperv::HYPERCALL_ENABLE,
+            )?;
+        }
         self.vcpus.push(Some(Vcpu { index, id, fd }));
         Ok(index)
+    }
+
+    /// Set vCPU `index`'s Hyper-V VP index (host `KVM_SET_MSRS` of `HV_X64_MSR_VP_INDEX`).
+    pub fn set_vp_index(&self, index: usize, vp: u32) -> Result<()> {
+        let vcpu = self.vcpu(index)?;
+        hyperv::set_vp_index(&vcpu.fd, vp).with_context(|| format!("vCPU {}", vcpu.id))
+    }
+
+    /// Write hypercall program `prog` for vCPU `index` (it runs once the host sets the vCPU's
+    /// `pcpu::GO`); the returned [`hyperv::Loaded`] reads what the guest recorded.
+    pub fn load_hv_program(&self, index: usize, prog: &hyperv::Program) -> Result<hyperv::Loaded> {
+        let loaded = hyperv::load(&self.mem, index, prog)?;
+        if let Some(gpa) = loaded.gpa() {
+            self.set_pcpu(index, pcpu::PROGRAM, gpa)?;
+        }
+        Ok(loaded)
+    }
+
+    /// Hand every `KVM_EXIT_HYPERV` of this VM's vCPUs to `handler` (on the vCPU's thread);
+    /// an HCALL exit resumes with the `result` it set. Install it before [`TestVm::start`].
+    pub fn on_hyperv_exit(
+        &mut self,
+        handler: impl Fn(&ExitCtx<'_>, &mut HypervExit) -> Result<()> + Send + Sync + 'static,
+    ) {
+        self.hv_handler = Some(std::sync::Arc::new(handler));
     }
 
     /// [`TestVm::add_vcpu`], then [`TestVm::assign_group`]: a vCPU of a VM made with
@@ -786,13 +841,14 @@ impl TestVm {
     /// Run vCPU `index` on this thread until its next ucall.
     pub fn run_vcpu(&mut self, index: usize) -> Result<Ucall> {
         let mem = Arc::clone(&self.mem);
+        let handler = self.hv_handler.clone();
         let vcpu = self
             .vcpus
             .get_mut(index)
             .and_then(Option::as_mut)
             .ok_or_else(|| anyhow!("vCPU index {index} does not exist or is running"))?;
         loop {
-            match run_once(vcpu, &mem)? {
+            match run_once(vcpu, &mem, handler.as_ref())? {
                 Step::Ucall(u) => return Ok(u),
                 Step::Interrupted => continue,
             }
@@ -814,9 +870,10 @@ impl TestVm {
             let index = vcpu.index;
             let mem = Arc::clone(&self.mem);
             let sh = Arc::clone(&shared);
+            let handler = self.hv_handler.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("vcpu{}", vcpu.id))
-                .spawn(move || vcpu_thread(vcpu, mem, sh))
+                .spawn(move || vcpu_thread(vcpu, mem, sh, handler))
                 .with_context(|| format!("spawning the thread of vCPU index {index}"))?;
             threads.push((index, handle));
         }
@@ -834,15 +891,16 @@ fn check_fits(len: u64, max: u64, what: &str) -> Result<()> {
 /// What one KVM_RUN gave.
 enum Step {
     Ucall(Ucall),
-    /// KVM_RUN returned EINTR/EAGAIN (a kick); nothing happened in the guest.
+    /// KVM_RUN returned EINTR/EAGAIN (a kick), or an exit was handled: run again.
     Interrupted,
 }
 
 /// One KVM_RUN. Decodes ucalls; PRINT is printed here and reported as `Interrupted` (the caller
 /// just runs again); every other exit is an error that says what the guest did.
-fn run_once(vcpu: &mut Vcpu, mem: &GuestMem) -> Result<Step> {
+fn run_once(vcpu: &mut Vcpu, mem: &GuestMem, handler: Option<&HypervHandler>) -> Result<Step> {
     let id = vcpu.id;
     let (port, data) = match vcpu.fd.run() {
+        Ok(VcpuExit::Hyperv) => return handle_hyperv(vcpu, handler),
         Ok(VcpuExit::IoOut(port, data)) => {
             let mut d = [0u8; 4];
             let n = data.len().min(4);
@@ -915,6 +973,34 @@ fn run_once(vcpu: &mut Vcpu, mem: &GuestMem) -> Result<Step> {
     Ok(Step::Ucall(u))
 }
 
+/// A `KVM_EXIT_HYPERV`: to the test's handler if it has one; an HCALL without one is an error
+/// (nobody would answer it), SynIC and other exits are resumed.
+fn handle_hyperv(vcpu: &mut Vcpu, handler: Option<&HypervHandler>) -> Result<Step> {
+    let mut exit = hyperv::read_exit(vcpu.fd.get_kvm_run());
+    let ctx = ExitCtx {
+        index: vcpu.index,
+        id: vcpu.id,
+        fd: &vcpu.fd,
+    };
+    match (handler, &exit) {
+        (Some(h), _) => h(&ctx, &mut exit)
+            .with_context(|| format!("vCPU {}: the test's KVM_EXIT_HYPERV handler", vcpu.id))?,
+        (None, HypervExit::Hcall(hc)) => {
+            let rip = vcpu.fd.get_regs().map(|r| r.rip).unwrap_or(0);
+            bail!(
+                "vCPU {}: unexpected KVM_EXIT_HYPERV {hc} at guest code offset {:#x} (the test installed no handler)",
+                vcpu.id,
+                rip.wrapping_sub(layout::CODE)
+            );
+        }
+        (None, _) => {}
+    }
+    if let HypervExit::Hcall(hc) = exit {
+        hyperv::write_result(vcpu.fd.get_kvm_run(), hc.result);
+    }
+    Ok(Step::Interrupted)
+}
+
 /// One vCPU's ucalls (or the error that ended its thread) not yet taken by the test.
 type Queue = (Mutex<VecDeque<Result<Ucall, String>>>, Condvar);
 
@@ -957,10 +1043,15 @@ fn install_kick_handler() {
     });
 }
 
-fn vcpu_thread(mut vcpu: Vcpu, mem: Arc<GuestMem>, sh: Arc<RunShared>) -> Vcpu {
+fn vcpu_thread(
+    mut vcpu: Vcpu,
+    mem: Arc<GuestMem>,
+    sh: Arc<RunShared>,
+    handler: Option<HypervHandler>,
+) -> Vcpu {
     let index = vcpu.index;
     while !sh.stop.load(Ordering::SeqCst) {
-        match run_once(&mut vcpu, &mem) {
+        match run_once(&mut vcpu, &mem, handler.as_ref()) {
             Ok(Step::Interrupted) => {}
             Ok(Step::Ucall(u)) => {
                 let last = !matches!(u, Ucall::Sync { .. });

@@ -1274,6 +1274,7 @@ impl Fuzzer {
         let vm = TestVm::new(VmOptions {
             irqchip,
             apic_groups: false,
+            ..Default::default()
         })?;
         let groups = vtlkit_uapi::apic_groups_supported(&vm.kvm);
         let serial = self.next_serial;

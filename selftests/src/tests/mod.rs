@@ -6,9 +6,13 @@
 //! new module here, registered in `main.rs`), using `crate::vm::TestVm` and the `check!`
 //! macros, and add it to that module's `TESTS`. It then runs in `scripts/run.sh`, and alone
 //! with `scripts/run.sh my_test`.
+//!
+//! A Hyper-V test: start from [`hyperv`]'s tests and the walk-through in
+//! [`crate::hyperv`] (`VmOptions::hyperv`, VP indexes, hypercall programs, exit handlers).
 
 pub mod apic_groups;
 pub mod basic;
 pub mod fuzz;
+pub mod hyperv;
 pub mod nested;
 pub mod vtlctl;
