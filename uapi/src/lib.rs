@@ -8,6 +8,8 @@
 //!   what the series adds.
 #![deny(missing_docs)]
 
+pub mod vtl;
+
 use std::io;
 
 use kvm_bindings::{
