@@ -268,6 +268,7 @@ pub struct ProtectionRequest {
 }
 
 /// Status of a rep hypercall: how many reps (of those handed over) were done, and the status.
+/// [`HvStatus::SUCCESS`] means all of them; `completed` counts only with another status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RepStatus {
     /// Status; [`HvStatus::SUCCESS`] if all were done.

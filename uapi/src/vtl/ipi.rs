@@ -141,19 +141,12 @@ impl<V: VtlVcpu> Partition<V> {
                 .protections
                 .modify_vtl_protection_mask(&req, &gpns)
                 .map_err(VtlError::Protections)?;
-            let completed = r.completed.min(gpns.len());
-            done += completed as u16;
             if r.status != HvStatus::SUCCESS {
+                done += r.completed.min(gpns.len()) as u16;
                 return Err(Fail::Hv(r.status, done));
             }
-            if completed < gpns.len() {
-                // The hook stopped short without a status; the next element is unreadable
-                // or it refused to say: retry from here.
-                if gpns.len() < n {
-                    continue;
-                }
-                return Err(Fail::Hv(HvStatus::INVALID_PARAMETER, done));
-            }
+            // Success means every handed-over page; a short read stops at the next round.
+            done += gpns.len() as u16;
         }
         Ok(c.rep_count())
     }

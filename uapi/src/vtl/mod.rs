@@ -112,6 +112,7 @@
 //! | an initial context or register value KVM refuses (`EINVAL`) | `HV_STATUS_INVALID_PARAMETER` (EnableVpVtl) / `HV_STATUS_INVALID_REGISTER_VALUE` (SetVpRegisters) |
 //! | Get/SetVpRegisters of a higher VTL | `HV_STATUS_ACCESS_DENIED`; of a VTL not enabled on the VP: `HV_STATUS_INVALID_VTL_STATE` |
 //! | CPU registers of another VP than the caller's | `HV_STATUS_INVALID_VP_STATE` (its vCPU may be running); VSM registers of other VPs are fine |
+//! | SetVpRegisters of the caller's own (active) RIP | `HV_STATUS_INVALID_VP_STATE`: the pending completion of this hypercall would move it again. A parked lower VTL's RIP is fine: its pending completion is finished first |
 //! | unknown register name | `HV_STATUS_INVALID_PARAMETER`; writing a read-only one: `HV_STATUS_ACCESS_DENIED` |
 //! | VsmPartitionConfig intercept bits, clearing EnableVtlProtection, VsmVpSecureConfig bits other than MbecEnabled (with MBEC) and TlbLocked | `HV_STATUS_INVALID_REGISTER_VALUE` |
 //! | cross-VTL IPI to a higher VTL | `HV_STATUS_ACCESS_DENIED`; to a VTL not enabled in the partition: `HV_STATUS_INVALID_PARAMETER`; VPs of the set that do not exist or lack the VTL are skipped |
@@ -129,6 +130,8 @@ mod input;
 mod ipi;
 mod regs;
 mod switch;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 

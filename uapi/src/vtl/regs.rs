@@ -417,6 +417,10 @@ impl<V: VtlVcpu> Partition<V> {
         }
         let vp = self.vp_mut_ref(vp_index)?;
         let dst = if loc.shared() { vp.active } else { vtl };
+        // The caller's own RIP: KVM's completion of this very hypercall would move it again.
+        if dst == vp.active && loc == Loc::Rip {
+            return Err(HvStatus::INVALID_VP_STATE.into());
+        }
         // A parked sibling's pending completion would move RIP (and RFLAGS.TF effects) after
         // this write: finish it now.
         if dst != vp.active && vp.parked & (1 << dst) != 0 {
