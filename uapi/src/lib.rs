@@ -150,8 +150,8 @@ pub fn hyperv_vsm_supported(kvm: &Kvm) -> bool {
 
 /// `KVM_ENABLE_CAP(KVM_CAP_HYPERV_VSM)`: from now on the VSM hypercalls (VtlCall, VtlReturn,
 /// EnablePartitionVtl, EnableVpVtl, ModifyVtlProtectionMask, Get/SetVpRegisters) and the
-/// Hyper-V PV IPIs aimed at another VTL exit to userspace as `KVM_EXIT_HYPERV` HCALL exits.
-/// Idempotent; may be enabled at any time.
+/// Hyper-V PV IPIs aimed at another VTL exit to userspace as `KVM_EXIT_HYPERV` HCALL exits,
+/// which [`vtl::Partition::handle_hypercall`] answers. Idempotent; may be enabled at any time.
 pub fn enable_hyperv_vsm(vm: &VmFd) -> Result<()> {
     enable_hyperv_vsm_raw(vm, [0; 4])
 }

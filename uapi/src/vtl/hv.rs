@@ -403,7 +403,7 @@ impl SegmentRegister {
     }
 }
 
-/// `hv_x64_table_register`: pad[3] u16, limit u16, base u64.
+/// `hv_x64_table_register`: `pad[3]` u16, limit u16, base u64.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TableRegister {
     /// Limit.

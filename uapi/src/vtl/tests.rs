@@ -1813,3 +1813,139 @@ fn arc_mutex_vcpus_work_too() {
     let r = v1.st().regs;
     assert_eq!((r.rbx, r.rip), (9, 0x7000));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Whatever the guest puts in its registers and pages: a status, a switch or a #UD, never a
+// panic or a VMM error.
+
+#[test]
+fn random_hypercalls_never_panic_or_fail_the_vmm() {
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut rnd = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let codes = [
+        code::SEND_SYNTHETIC_CLUSTER_IPI,
+        code::MODIFY_VTL_PROTECTION_MASK,
+        code::ENABLE_PARTITION_VTL,
+        code::ENABLE_VP_VTL,
+        code::VTL_CALL,
+        code::VTL_RETURN,
+        code::SEND_SYNTHETIC_CLUSTER_IPI_EX,
+        code::GET_VP_REGISTERS,
+        code::SET_VP_REGISTERS,
+    ];
+    let names = [
+        reg::RAX,
+        reg::RIP,
+        reg::RSP,
+        reg::CR0,
+        reg::CR3,
+        reg::ES + 1,
+        reg::GDTR,
+        reg::EFER,
+        reg::PAT,
+        reg::DR7,
+        reg::XFEM,
+        reg::VSM_VP_STATUS,
+        reg::VSM_PARTITION_CONFIG,
+        reg::VSM_VP_SECURE_CONFIG_VTL0,
+        reg::VSM_VP_SECURE_CONFIG_VTL0 + 1,
+        0x1234,
+    ];
+    let config = PartitionConfig {
+        max_vtl: 2,
+        ..Default::default()
+    };
+    let mut w = World::with(config.clone());
+    // Switches, #UDs, successes, other statuses.
+    let mut seen = [0u32; 4];
+    for iter in 0..30_000u32 {
+        if iter % 3_000 == 0 {
+            w = World::with(config.clone());
+        }
+        let code = codes[(rnd() % codes.len() as u64) as usize];
+        let ivtl = [0, VTL0, VTL1, 0x12, 0x20, 1][(rnd() % 6) as usize];
+        let vp_arg = [0, 1, hv::VP_INDEX_SELF, 7][(rnd() % 4) as usize];
+        let reps = 1 + rnd() % 4;
+        let regs: Vec<u32> = (0..reps).map(|_| names[(rnd() % 16) as usize]).collect();
+        // A well-formed input for the call...
+        let mut page = match code {
+            code::ENABLE_PARTITION_VTL => partition_vtl_input(u64::MAX, 1 + (rnd() % 2) as u8, 0),
+            code::ENABLE_VP_VTL => vp_vtl_input(u64::MAX, vp_arg, 1 + (rnd() % 2) as u8, &ctx1()),
+            code::GET_VP_REGISTERS => get_input(vp_arg, ivtl, &regs),
+            code::SET_VP_REGISTERS => {
+                let v: Vec<(u32, u128)> =
+                    regs.iter().map(|&n| (n, u128::from(rnd() % 4))).collect();
+                set_input(vp_arg, ivtl, &v)
+            }
+            code::SEND_SYNTHETIC_CLUSTER_IPI => ipi_input(0x30, ivtl, rnd() % 4),
+            code::SEND_SYNTHETIC_CLUSTER_IPI_EX => {
+                ipi_ex_input(0x30, ivtl, rnd() % 2, 1, &[rnd() % 4])
+            }
+            code::MODIFY_VTL_PROTECTION_MASK => prot_input(1, ivtl, &[1, 2, 3, 4]),
+            _ => Vec::new(),
+        };
+        page.resize(512, 0);
+        // ... mutated half of the time.
+        if rnd() % 2 == 0 {
+            for _ in 0..1 + rnd() % 3 {
+                let i = (rnd() % 48) as usize;
+                page[i] = rnd() as u8;
+            }
+        }
+        w.ram.put(IN, &page);
+        let var = u16::from(code == code::SEND_SYNTHETIC_CLUSTER_IPI_EX);
+        let is_rep = matches!(code, 0x0C | 0x50 | 0x51);
+        let mut control = Control::build(code, false, var, if is_rep { reps as u16 } else { 0 }, 0);
+        if code == code::VTL_CALL || code == code::VTL_RETURN {
+            control = Control(u64::from(code));
+        }
+        match rnd() % 8 {
+            0 => control.0 ^= 1 << (16 + rnd() % 48),
+            1 => control.0 = rnd() & !0xffff | u64::from(code),
+            _ => {}
+        }
+        let mut params = [IN, OUT];
+        let mut xmm = None;
+        if rnd() % 4 == 0 {
+            // Fast: the first 112 bytes of the input block in RDX, R8, XMM0-5.
+            control.0 |= 1 << 16;
+            let q = |i: usize| u64::from_le_bytes(page[8 * i..8 * i + 8].try_into().unwrap());
+            params = [q(0), q(1)];
+            xmm = (rnd() % 4 != 0).then(|| std::array::from_fn(|i| q(2 + i)));
+        } else if rnd() % 4 == 0 {
+            params[(rnd() % 2) as usize] =
+                [IN + 4, IN + 4096 - 8, 1 << 40, rnd()][(rnd() % 4) as usize];
+        }
+        let vp = (rnd() % 2) as u32;
+        // VtlCall/VtlReturn input (RAX) and VP assist pages.
+        let active = w.p.vp(vp).unwrap().active_vtl();
+        if let Some(v) = w.v.get(&(vp, active)) {
+            v.st().regs.rax = [0, 0, 1, 2][(rnd() % 4) as usize];
+            let page = [0, ASSIST1 | 1, rnd()][(rnd() % 3) as usize];
+            v.st().msrs.insert(hv::msr::VP_ASSIST_PAGE, page);
+        }
+        let e = HcallExit {
+            control,
+            params,
+            xmm,
+        };
+        match w.call(vp, e) {
+            Ok(Outcome::Switched { .. }) => seen[0] += 1,
+            Ok(Outcome::Exception { .. }) => seen[1] += 1,
+            Ok(Outcome::Complete { result }) if result as u16 == 0 => seen[2] += 1,
+            Ok(Outcome::Complete { .. }) => seen[3] += 1,
+            Ok(Outcome::NotHandled) => {}
+            Err(err) => panic!("iteration {iter}: {e:?} failed the VMM: {err}"),
+        }
+        let vp = w.p.vp(vp).unwrap();
+        assert!(vp.is_enabled(vp.active_vtl()));
+        assert!(vp.vcpu(vp.active_vtl()).is_some());
+    }
+    // The walk reached every kind of answer, not just early rejections.
+    assert!(seen.iter().all(|&n| n > 100), "{seen:?}");
+}
