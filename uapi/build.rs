@@ -26,13 +26,16 @@ fn main() {
         // These two gained an apic_group field; kvm-bindings has the 6.12 layout.
         .allowlist_type("kvm_msi")
         .allowlist_type("kvm_irq_routing_msi")
-        // The Hyper-V VTL patches: HCALL exits with XMM input, the VSM cap, SINT routes that
-        // name a group (kvm_hyperv_exit and kvm_irq_routing_hv_sint gained fields).
+        // The Hyper-V VTL patches: the HCALL exit gained flags and xmm[] (kvm-bindings has the
+        // 6.12 layout), SINT routes gained apic_group, and the VSM opt-in and privileges.
         .allowlist_type("kvm_hyperv_exit")
         .allowlist_type("kvm_irq_routing_hv_sint")
         .allowlist_var("KVM_HYPERV_HCALL_XMM_INPUT")
         .allowlist_var("KVM_CAP_HYPERV_VSM")
         .allowlist_var("KVM_HV_SINT_VALID_APIC_GROUP")
+        .allowlist_var("KVM_HV_ACCESS_VSM")
+        .allowlist_var("KVM_HV_ACCESS_VP_REGISTERS")
+        .allowlist_var("KVM_EXIT_HYPERV_HCALL")
         .prepend_enum_name(false)
         .derive_default(true)
         .derive_eq(true)

@@ -8,9 +8,13 @@
 //!   what the series adds.
 #![deny(missing_docs)]
 
+pub mod vtl;
+
 use std::io;
 
-use kvm_bindings::{kvm_enable_cap, kvm_irq_routing_entry, kvm_msi, KVM_IRQ_ROUTING_MSI};
+use kvm_bindings::{
+    kvm_enable_cap, kvm_irq_routing_entry, kvm_msi, KVM_IRQ_ROUTING_HV_SINT, KVM_IRQ_ROUTING_MSI,
+};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vmm_sys_util::ioctl::{ioctl_with_mut_ref, ioctl_with_ref};
 
@@ -137,6 +141,35 @@ pub fn enable_apic_groups_raw(vm: &VmFd, args: [u64; 4]) -> Result<()> {
     })
 }
 
+/// Whether this kernel forwards the Hyper-V VSM hypercalls to userspace
+/// (`KVM_CHECK_EXTENSION(KVM_CAP_HYPERV_VSM)` returns 1); false on a kernel without the series'
+/// VTL patches.
+pub fn hyperv_vsm_supported(kvm: &Kvm) -> bool {
+    kvm.check_extension_raw(libc::c_ulong::from(raw::KVM_CAP_HYPERV_VSM)) > 0
+}
+
+/// `KVM_ENABLE_CAP(KVM_CAP_HYPERV_VSM)`: from now on the VSM hypercalls (VtlCall, VtlReturn,
+/// EnablePartitionVtl, EnableVpVtl, ModifyVtlProtectionMask, Get/SetVpRegisters) and the
+/// Hyper-V PV IPIs aimed at another VTL exit to userspace as `KVM_EXIT_HYPERV` HCALL exits,
+/// which [`vtl::Partition::handle_hypercall`] answers. Idempotent; may be enabled at any time.
+pub fn enable_hyperv_vsm(vm: &VmFd) -> Result<()> {
+    enable_hyperv_vsm_raw(vm, [0; 4])
+}
+
+/// [`enable_hyperv_vsm`] with the capability's arguments as given (they must be zero, else
+/// `EINVAL`).
+pub fn enable_hyperv_vsm_raw(vm: &VmFd, args: [u64; 4]) -> Result<()> {
+    let cap = kvm_enable_cap {
+        cap: raw::KVM_CAP_HYPERV_VSM,
+        args,
+        ..Default::default()
+    };
+    vm.enable_cap(&cap).map_err(|e| Error::Ioctl {
+        op: "KVM_ENABLE_CAP(KVM_CAP_HYPERV_VSM)",
+        source: io::Error::from_raw_os_error(e.errno()),
+    })
+}
+
 /// The APIC-group vCPU ioctls.
 pub trait VcpuApicGroupExt {
     /// `KVM_SET_APIC_GROUP`: assign this vCPU's group, APIC ID and VTL (before its first run).
@@ -190,6 +223,20 @@ const _: () = assert!(
     std::mem::size_of::<raw::kvm_irq_routing_msi>()
         <= std::mem::size_of::<kvm_bindings::kvm_irq_routing_entry__bindgen_ty_1>()
 );
+const _: () = assert!(
+    std::mem::size_of::<raw::kvm_irq_routing_hv_sint>()
+        <= std::mem::size_of::<kvm_bindings::kvm_irq_routing_entry__bindgen_ty_1>()
+);
+// The series' HCALL exit (with flags and xmm[]) must fit in kvm_run's exit union, over which
+// `vtl::HcallExit` lays it.
+const _: () = assert!(
+    std::mem::size_of::<raw::kvm_hyperv_exit>()
+        <= std::mem::size_of::<kvm_bindings::kvm_run__bindgen_ty_1>()
+);
+const _: () = assert!(
+    std::mem::align_of::<raw::kvm_hyperv_exit>()
+        <= std::mem::align_of::<kvm_bindings::kvm_run__bindgen_ty_1>()
+);
 
 /// An MSI for `KVM_SIGNAL_MSI` (kvm-ioctls' `VmFd::signal_msi`) aimed at APIC group `group`:
 /// sets `KVM_MSI_VALID_APIC_GROUP` and the series' `apic_group` field.
@@ -231,6 +278,34 @@ pub fn route_to_group(mut e: kvm_irq_routing_entry, group: u32) -> kvm_irq_routi
     e
 }
 
+/// Make a `KVM_SET_GSI_ROUTING` Hyper-V SynIC SINT entry target the vCPU with VP index
+/// `u.hv_sint.vcpu` *in APIC group `group`*: sets `KVM_HV_SINT_VALID_APIC_GROUP` and the series'
+/// `apic_group` field of the SINT route (without them the route targets group 0).
+///
+/// Returns the entry unchanged if it is not a SINT entry.
+pub fn sint_route_to_group(mut e: kvm_irq_routing_entry, group: u32) -> kvm_irq_routing_entry {
+    if e.type_ == KVM_IRQ_ROUTING_HV_SINT {
+        e.flags |= raw::KVM_HV_SINT_VALID_APIC_GROUP;
+        // SAFETY: `e.u` is a union of plain integer structs at least as large as the series'
+        // `kvm_irq_routing_hv_sint` (asserted above) and at least as aligned; the pointer is
+        // derived from a live, exclusive borrow of `e`.
+        unsafe {
+            let sint = std::ptr::addr_of_mut!(e.u).cast::<raw::kvm_irq_routing_hv_sint>();
+            (*sint).apic_group = group;
+        }
+    }
+    e
+}
+
+/// The APIC group a SINT routing entry names, if it has `KVM_HV_SINT_VALID_APIC_GROUP`.
+pub fn sint_route_group(e: &kvm_irq_routing_entry) -> Option<u32> {
+    if e.type_ != KVM_IRQ_ROUTING_HV_SINT || e.flags & raw::KVM_HV_SINT_VALID_APIC_GROUP == 0 {
+        return None;
+    }
+    // SAFETY: as in `sint_route_to_group`, reading through a shared borrow.
+    Some(unsafe { (*std::ptr::addr_of!(e.u).cast::<raw::kvm_irq_routing_hv_sint>()).apic_group })
+}
+
 /// The APIC group an MSI routing entry names, if it has `KVM_MSI_VALID_APIC_GROUP`.
 pub fn route_group(e: &kvm_irq_routing_entry) -> Option<u32> {
     if e.type_ != KVM_IRQ_ROUTING_MSI || e.flags & raw::KVM_MSI_VALID_APIC_GROUP == 0 {
@@ -249,6 +324,68 @@ mod tests {
         // bindgen's own layout assertions cover the header; this pins the ABI we document.
         assert_eq!(std::mem::size_of::<raw::kvm_apic_group>(), 48);
         assert_eq!(std::mem::align_of::<raw::kvm_apic_group>(), 8);
+    }
+
+    #[test]
+    fn hyperv_exit_layout_matches_header() {
+        use std::mem::{offset_of, size_of};
+        type Hcall = raw::kvm_hyperv_exit__bindgen_ty_1__bindgen_ty_2;
+        // type, pad1, then the union at 8.
+        assert_eq!(offset_of!(raw::kvm_hyperv_exit, u), 8);
+        assert_eq!(offset_of!(Hcall, input), 0);
+        assert_eq!(offset_of!(Hcall, result), 8);
+        assert_eq!(offset_of!(Hcall, params), 16);
+        // The series' additions sit after 6.12's fields, so a 6.12 reader sees the same bytes.
+        assert_eq!(offset_of!(Hcall, flags), 32);
+        assert_eq!(offset_of!(Hcall, xmm), 40);
+        assert_eq!(size_of::<Hcall>(), 40 + 12 * 8);
+        assert_eq!(size_of::<raw::kvm_hyperv_exit>(), 8 + 136);
+        // Where 6.12 (kvm-bindings) has the same fields.
+        assert_eq!(
+            offset_of!(
+                kvm_bindings::kvm_hyperv_exit__bindgen_ty_1__bindgen_ty_2,
+                result
+            ),
+            offset_of!(Hcall, result)
+        );
+        assert_eq!(
+            raw::KVM_EXIT_HYPERV_HCALL,
+            kvm_bindings::KVM_EXIT_HYPERV_HCALL
+        );
+        assert_eq!(raw::KVM_HYPERV_HCALL_XMM_INPUT, 1);
+    }
+
+    #[test]
+    fn hv_sint_layout_and_vsm_constants() {
+        use std::mem::{offset_of, size_of};
+        assert_eq!(offset_of!(raw::kvm_irq_routing_hv_sint, vcpu), 0);
+        assert_eq!(offset_of!(raw::kvm_irq_routing_hv_sint, sint), 4);
+        assert_eq!(offset_of!(raw::kvm_irq_routing_hv_sint, apic_group), 8);
+        assert_eq!(size_of::<raw::kvm_irq_routing_hv_sint>(), 12);
+        assert_eq!(raw::KVM_CAP_HYPERV_VSM, 240);
+        assert_eq!(raw::KVM_HV_ACCESS_VSM, 1 << 16);
+        assert_eq!(raw::KVM_HV_ACCESS_VP_REGISTERS, 1 << 17);
+        // Flag bit 0 of a routing entry is KVM_MSI_VALID_DEVID; the SINT flag must not reuse it.
+        assert_eq!(raw::KVM_HV_SINT_VALID_APIC_GROUP, 1 << 1);
+    }
+
+    #[test]
+    fn sint_route_helpers_set_flag_and_group() {
+        let e = kvm_irq_routing_entry {
+            type_: KVM_IRQ_ROUTING_HV_SINT,
+            ..Default::default()
+        };
+        assert_eq!(sint_route_group(&e), None);
+        let e = sint_route_to_group(e, 1);
+        assert_ne!(e.flags & raw::KVM_HV_SINT_VALID_APIC_GROUP, 0);
+        assert_eq!(sint_route_group(&e), Some(1));
+        // An MSI entry is left alone, and has no SINT group.
+        let m = kvm_irq_routing_entry {
+            type_: KVM_IRQ_ROUTING_MSI,
+            ..Default::default()
+        };
+        assert_eq!(sint_route_to_group(m, 3).flags, 0);
+        assert_eq!(sint_route_group(&route_to_group(m, 3)), None);
     }
 
     #[test]
