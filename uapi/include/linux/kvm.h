@@ -186,6 +186,7 @@ struct kvm_xen_exit {
 #define KVM_EXIT_NOTIFY           37
 #define KVM_EXIT_LOONGARCH_IOCSR  38
 #define KVM_EXIT_MEMORY_FAULT     39
+#define KVM_EXIT_EVENT_NOTIFY     40
 
 /* For KVM_EXIT_INTERNAL_ERROR */
 /* Emulate instruction failed. */
@@ -446,6 +447,11 @@ struct kvm_run {
 			__u64 gpa;
 			__u64 size;
 		} memory_fault;
+		/* KVM_EXIT_EVENT_NOTIFY */
+		struct {
+			__u32 vcpu_id;
+			__u32 pad;
+		} event_notify;
 		/* Fix the size of the union. */
 		char padding[256];
 	};
@@ -935,6 +941,7 @@ struct kvm_enable_cap {
 #define KVM_CAP_X86_GUEST_MODE 238
 #define KVM_CAP_APIC_GROUPS 239
 #define KVM_CAP_HYPERV_VSM 240
+#define KVM_CAP_VCPU_EVENT_NOTIFY 241
 
 struct kvm_irq_routing_irqchip {
 	__u32 irqchip;
@@ -1586,5 +1593,18 @@ struct kvm_pre_fault_memory {
 /* Available with KVM_CAP_APIC_GROUPS */
 #define KVM_SET_APIC_GROUP	_IOW(KVMIO,  0xd6, struct kvm_apic_group)
 #define KVM_GET_APIC_GROUP	_IOR(KVMIO,  0xd7, struct kvm_apic_group)
+
+/* Available with KVM_CAP_VCPU_EVENT_NOTIFY */
+#define KVM_EVENT_NOTIFY_ARMED		(1U << 0)
+#define KVM_EVENT_NOTIFY_PENDING	(1U << 1)	/* KVM_GET_EVENT_NOTIFY */
+
+struct kvm_event_notify {
+	__u32 flags;
+	__u32 vcpu_id;		/* the vCPU to make exit */
+	__u64 reserved[3];	/* must be zero */
+};
+
+#define KVM_SET_EVENT_NOTIFY	_IOW(KVMIO,  0xd8, struct kvm_event_notify)
+#define KVM_GET_EVENT_NOTIFY	_IOR(KVMIO,  0xd9, struct kvm_event_notify)
 
 #endif /* __LINUX_KVM_H */
