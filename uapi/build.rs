@@ -36,6 +36,11 @@ fn main() {
         .allowlist_var("KVM_HV_ACCESS_VSM")
         .allowlist_var("KVM_HV_ACCESS_VP_REGISTERS")
         .allowlist_var("KVM_EXIT_HYPERV_HCALL")
+        // KVM_CAP_VCPU_EVENT_NOTIFY: the ioctls' struct, flags and the new exit.
+        .allowlist_type("kvm_event_notify")
+        .allowlist_var("KVM_CAP_VCPU_EVENT_NOTIFY")
+        .allowlist_var("KVM_EVENT_NOTIFY_.*")
+        .allowlist_var("KVM_EXIT_EVENT_NOTIFY")
         .prepend_enum_name(false)
         .derive_default(true)
         .derive_eq(true)

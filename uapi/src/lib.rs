@@ -8,6 +8,7 @@
 //!   what the series adds.
 #![deny(missing_docs)]
 
+pub mod notify;
 pub mod vtl;
 
 use std::io;
