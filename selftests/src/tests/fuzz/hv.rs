@@ -626,15 +626,19 @@ impl Fuzzer {
         let Some(s) = self.rng.pick(&senders) else {
             return Ok(());
         };
-        let Some(sender) = fvm.sender(s) else {
-            return Ok(());
-        };
-        let rax_in = RAX_MARK | (self.rng.next_u64() & 0xffff_ffff);
-        if self.rng.below(10) < 7 {
-            self.hv_ipi(k, s, sender, rax_in)
-        } else {
-            self.hv_vsm(k, s, sender, rax_in)
+        // A burst: the sender is running now, which took a while to arrange.
+        for _ in 0..1 + self.rng.below(4) {
+            let Some(sender) = self.vms[k].sender(s) else {
+                return Ok(());
+            };
+            let rax_in = RAX_MARK | (self.rng.next_u64() & 0xffff_ffff);
+            if self.rng.below(10) < 7 {
+                self.hv_ipi(k, s, sender, rax_in)?;
+            } else {
+                self.hv_vsm(k, s, sender, rax_in)?;
+            }
         }
+        Ok(())
     }
 
     fn hv_ipi(&mut self, k: usize, s: usize, sender: Sender, rax_in: u64) -> Result<()> {
@@ -675,9 +679,17 @@ impl Fuzzer {
         let set = if ex && (!delivers || blocked.is_empty()) && self.rng.one_in(4) {
             VpSet::All
         } else {
+            // Mostly the group's VPs, sometimes VPs nobody in the group has.
+            let own: Vec<u32> = members.iter().map(|&i| fvm.vcpus[i].vp).collect();
             let mut vps: Vec<u32> = (0..MAX_VP + 2)
                 .filter(|vp| !(delivers && blocked.contains(vp)))
-                .filter(|_| self.rng.one_in(3))
+                .filter(|vp| {
+                    if own.contains(vp) {
+                        !self.rng.one_in(3)
+                    } else {
+                        self.rng.one_in(4)
+                    }
+                })
                 .collect();
             if ex && self.rng.one_in(6) {
                 vps.push(64 + self.rng.below_u32(64));

@@ -1341,7 +1341,7 @@ impl Fuzzer {
             return self.create_vm();
         }
         let k = self.rng.below(self.vms.len() as u64) as usize;
-        match self.rng.below(120) {
+        match self.rng.below(125) {
             0..=1 if self.vms.len() < MAX_VMS => self.create_vm(),
             0..=2 => self.destroy_vm(k),
             3..=8 => self.create_vcpu(k),
@@ -1362,10 +1362,10 @@ impl Fuzzer {
             84..=87 => self.probe_ipi(k),
             88..=90 => self.probe_route(k),
             91..=93 => self.probe_level(k),
-            100..=106 => self.hv_call(k),
-            107..=109 => self.hv_msrs(k),
-            110..=111 => self.enable_vsm(k),
-            112..=114 => self.probe_sint(k),
+            100..=111 => self.hv_call(k),
+            112..=114 => self.hv_msrs(k),
+            115 => self.enable_vsm(k),
+            116..=119 => self.probe_sint(k),
             _ => self.check_guests(k),
         }
     }
@@ -1406,7 +1406,7 @@ impl Fuzzer {
     fn create_vm(&mut self) -> Result<()> {
         let irqchip = !self.rng.one_in(6);
         // Hyper-V (series v3): some irqchip VMs get the Hyper-V CPUID leaves.
-        let hyperv = self.hv_supported && irqchip && self.rng.one_in(3);
+        let hyperv = self.hv_supported && irqchip && !self.rng.one_in(3);
         self.stats.count(Call::CreateVm);
         let mut vm = TestVm::new(VmOptions {
             irqchip,
