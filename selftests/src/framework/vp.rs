@@ -174,6 +174,9 @@ impl VtlVcpu for Vcpu {
     fn complete_pending(&mut self) -> io::Result<()> {
         VtlVcpu::complete_pending(&mut self.fd)
     }
+    fn set_pending_result(&mut self, result: u64) -> io::Result<()> {
+        VtlVcpu::set_pending_result(&mut self.fd, result)
+    }
 }
 
 /// Guest RAM for the state machine (hypercall input pages, VP assist pages).
