@@ -410,11 +410,6 @@ impl VsmVm {
         })
     }
 
-    /// Number of VPs.
-    pub fn vps(&self) -> u32 {
-        self.vps
-    }
-
     /// The [`TestVm`] index (= vcpu_id) of VP `vp`'s VTL `vtl` sibling.
     pub fn index(&self, vp: u32, vtl: u8) -> usize {
         usize::from(vtl) * self.vps as usize + vp as usize
