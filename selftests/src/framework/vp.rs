@@ -71,9 +71,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use kvm_bindings::{
-    kvm_debugregs, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
-};
+use kvm_bindings::{kvm_debugregs, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave};
 use kvm_ioctls::VmFd;
 use vtlkit_uapi::vtl::{
     set_hcall_result, Env, GuestMemory, HcallExit, MemoryError, MsiDelivery, NoProtections,
@@ -112,8 +110,7 @@ pub mod vsm_layout {
     /// Assist pages and the enable inputs must stay below the alternate PML4 and the blocks.
     const _: () = assert!(ASSIST + layout::MAX_VCPUS as u64 * layout::PAGE <= ALT_PML4);
     const _: () = assert!(ENABLE_INPUT + super::MAX_VPS as u64 * layout::PAGE <= BLOCKS);
-    const _: () =
-        assert!(BLOCKS + super::MAX_VPS as u64 * BLOCKS_PER_VP_BYTES <= layout::MEM_SIZE);
+    const _: () = assert!(BLOCKS + super::MAX_VPS as u64 * BLOCKS_PER_VP_BYTES <= layout::MEM_SIZE);
 }
 
 /// Round trips one VP's block array holds.
@@ -663,8 +660,8 @@ fn vp_loop(
             let v = p.vp(vp).ok_or_else(|| anyhow!("VP {vp} vanished"))?;
             (v.active_vtl(), Arc::clone(v.active()))
         };
-        let step = run_once_raw(&mut lock(&vcpu), mem)
-            .with_context(|| format!("VP {vp} VTL {vtl}"))?;
+        let step =
+            run_once_raw(&mut lock(&vcpu), mem).with_context(|| format!("VP {vp} VTL {vtl}"))?;
         match step {
             RunStep::Interrupted => {}
             RunStep::Ucall(u) => {

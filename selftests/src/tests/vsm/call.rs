@@ -110,7 +110,10 @@ pub(super) fn vsm_vtl_return_modes() -> TestResult {
     for (k, (r, s)) in rounds.iter().zip(&seen).enumerate() {
         let (rax, rcx) = (s.vtl0.gprs[vsm::regs::RAX], s.vtl0.gprs[vsm::regs::RCX]);
         let want = if r.fast() {
-            (r.vtl1_out.gprs[vsm::regs::RAX], r.vtl1_out.gprs[vsm::regs::RCX])
+            (
+                r.vtl1_out.gprs[vsm::regs::RAX],
+                r.vtl1_out.gprs[vsm::regs::RCX],
+            )
         } else {
             (r.ret_rax, r.ret_rcx)
         };
@@ -128,7 +131,11 @@ pub(super) fn vsm_vtl_return_modes() -> TestResult {
             f.push_str(&format!(
                 "round {k}: VTL1 read entry reason {} in its VP assist page, expected {reason}{}\n",
                 s.entry_reason,
-                if k == 0 { " (its assist page was not enabled yet)" } else { " (VtlCall)" }
+                if k == 0 {
+                    " (its assist page was not enabled yet)"
+                } else {
+                    " (VtlCall)"
+                }
             ));
         }
         if s.vtl1_round != k as u64 {

@@ -25,8 +25,7 @@ pub(super) fn unavailable() -> Result<Option<String>> {
     }
     if !vtlkit_uapi::hyperv_vsm_supported(&kvm) {
         return Ok(Some(
-            "KVM_CAP_HYPERV_VSM is 0: the kernel lacks the Hyper-V VTL patches (series v3)"
-                .into(),
+            "KVM_CAP_HYPERV_VSM is 0: the kernel lacks the Hyper-V VTL patches (series v3)".into(),
         ));
     }
     Ok(None)
@@ -85,7 +84,11 @@ pub(super) fn round_failures(vsm: &VsmVm, k: u64, r: &Round, seen: &RoundSeen) -
         );
     }
     let private1 = [
-        ("RSP", seen.vtl1.gprs[vsm::regs::RSP], VsmVm::vtl1_stack_top(v1)),
+        (
+            "RSP",
+            seen.vtl1.gprs[vsm::regs::RSP],
+            VsmVm::vtl1_stack_top(v1),
+        ),
         ("CR3", seen.vtl1_cr3, vsm_layout::ALT_PML4),
         ("GS base", seen.vtl1_gs_base, TestVm::pcpu_gpa(v1)),
     ];

@@ -24,11 +24,12 @@ pub(super) fn vsm_vtl_call_without_higher_vtl_ud() -> TestResult {
     let mut vsm = VsmVm::new(1)?;
     vsm.write_round(VP, 0, &Round::new(0x40, false))?;
     let v0 = vsm.index(VP, 0);
-    let prog = Program::new()
-        .step(vsm.enable_assist_page(VP, 0))
-        .step(crate::hyperv::Step::VtlCall {
-            block: VsmVm::block_gpa(VP, 0),
-        });
+    let prog =
+        Program::new()
+            .step(vsm.enable_assist_page(VP, 0))
+            .step(crate::hyperv::Step::VtlCall {
+                block: VsmVm::block_gpa(VP, 0),
+            });
     vsm.vm.load_hv_program(v0, &prog)?;
     let running = vsm.start()?;
     running.wait_sync(VP, 0, ucall::STAGE_HV_READY, DEFAULT_TIMEOUT)?;

@@ -177,9 +177,9 @@ pub(super) fn vsm_ipi_higher_to_lower_delivered() -> TestResult {
             rec.last_vector, rec.last_irq_rip
         ));
     }
-    let ipi_answer = events.iter().find(
-        |e| matches!(e, VpEvent::Completed { vtl: 1, code, .. } if *code == call::SEND_IPI),
-    );
+    let ipi_answer = events
+        .iter()
+        .find(|e| matches!(e, VpEvent::Completed { vtl: 1, code, .. } if *code == call::SEND_IPI));
     if ipi_answer
         != Some(&VpEvent::Completed {
             vtl: 1,
