@@ -93,6 +93,8 @@ pub mod call {
     pub const SEND_IPI_EX: u16 = 0x0015;
     /// HvCallGetVpRegisters (rep).
     pub const GET_VP_REGISTERS: u16 = 0x0050;
+    /// HvCallPostMessage (KVM forwards it to userspace when the caller's SynIC is active).
+    pub const POST_MESSAGE: u16 = 0x005c;
     /// HvCallSetVpRegisters (rep).
     pub const SET_VP_REGISTERS: u16 = 0x0051;
 }
