@@ -12,4 +12,7 @@
 enum vtlkit_ioctl {
 	VTLKIT_KVM_SET_APIC_GROUP = KVM_SET_APIC_GROUP,
 	VTLKIT_KVM_GET_APIC_GROUP = KVM_GET_APIC_GROUP,
+	/* Stock ioctls that kvm-ioctls does not wrap and kvm-bindings does not number. */
+	VTLKIT_KVM_GET_STATS_FD = KVM_GET_STATS_FD,
+	VTLKIT_KVM_GET_SUPPORTED_HV_CPUID = KVM_GET_SUPPORTED_HV_CPUID,
 };
