@@ -5,14 +5,16 @@
 //! Usage: vtlkit-selftests [--list] [NAME | PREFIX* ...]
 //!        (time limit per test: 60 s, or VTLKIT_TEST_TIMEOUT / vtlkit.test_timeout=SECONDS)
 //!        vtlkit-selftests --bench [--ipis N] [--reps R]   (IPI delivery benchmark, [`bench`])
+//!        vtlkit-selftests --bench-vtl [--ops N] [--reps R] (VTL switch benchmark, [`bench_vtl`])
 
 mod bench;
+mod bench_vtl;
 mod framework;
 mod tests;
 
 // The framework at the crate root, so tests write `crate::vm::TestVm`, `crate::harness::Test`.
-pub(crate) use framework::{guest, harness, hyperv, stats, vm};
-use tests::{apic_groups, basic, fuzz, hyperv as hyperv_tests, nested, vtlctl};
+pub(crate) use framework::{guest, harness, hyperv, stats, vm, vp};
+use tests::{apic_groups, basic, fuzz, hyperv as hyperv_tests, nested, vsm, vtlctl};
 
 use std::io::{self, Write};
 use std::process::ExitCode;
@@ -27,6 +29,7 @@ fn all_tests() -> Vec<Test> {
     v.extend_from_slice(nested::TESTS);
     v.extend_from_slice(apic_groups::TESTS);
     v.extend_from_slice(hyperv_tests::TESTS);
+    v.extend_from_slice(vsm::TESTS);
     v.extend_from_slice(vtlctl::TESTS);
     v.extend_from_slice(fuzz::TESTS);
     v
@@ -50,10 +53,14 @@ fn main() -> ExitCode {
         println!("       (each test in its own process, time limit 60 s: VTLKIT_TEST_TIMEOUT or");
         println!("       vtlkit.test_timeout=SECONDS on the kernel command line, 0 for none)");
         println!("       vtlkit-selftests --bench [--ipis N] [--reps R]");
+        println!("       vtlkit-selftests --bench-vtl [--ops N] [--reps R]");
         return ExitCode::SUCCESS;
     }
     if args.first().is_some_and(|a| a == "--bench") {
         return bench_main(&args[1..]);
+    }
+    if args.first().is_some_and(|a| a == "--bench-vtl") {
+        return bench_vtl_main(&args[1..]);
     }
     if args.iter().any(|a| a == "--list") {
         for t in &tests {
@@ -122,6 +129,40 @@ fn bench_main(args: &[String]) -> ExitCode {
         Err(e) => {
             let _ = out.flush();
             eprintln!("vtlkit-bench: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `--bench-vtl [--ops N] [--reps R]`: run the VTL switch benchmark; 0 on success, 1 on
+/// error, 2 on bad usage.
+fn bench_vtl_main(args: &[String]) -> ExitCode {
+    let mut p = bench_vtl::Params { ops: 2000, reps: 5 };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let slot = match a.as_str() {
+            "--ops" => &mut p.ops,
+            "--reps" => &mut p.reps,
+            _ => {
+                eprintln!("vtlkit-selftests: --bench-vtl: unknown argument {a}");
+                return ExitCode::from(2);
+            }
+        };
+        match it.next().and_then(|v| v.parse::<u32>().ok()) {
+            Some(v) if v > 0 => *slot = v,
+            _ => {
+                eprintln!("vtlkit-selftests: --bench-vtl: {a} needs a positive number");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    match bench_vtl::run(p, &mut out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = out.flush();
+            eprintln!("vtlkit-bench-vtl: error: {e:#}");
             ExitCode::from(1)
         }
     }

@@ -13,6 +13,7 @@ use serde::Serialize;
 pub const COUNTERS: &[&str] = &[
     "apic_group_irq_dropped",
     "hv_cross_vtl_exits",
+    "hv_vtl_exits",
     "vtl_protection_faults",
 ];
 
@@ -41,6 +42,10 @@ pub struct VcpuInfo {
     pub apic_id: u32,
     /// VTL label.
     pub vtl: u8,
+    /// Per-vCPU statistics asked for (`vtlctl show`; see [`crate::vcpustats`]), `None` where
+    /// they cannot be read; empty (and left out of JSON) when none were asked for.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub stats: BTreeMap<String, Option<u64>>,
 }
 
 /// One VM as KVM's debugfs shows it.
@@ -194,6 +199,7 @@ fn read_vcpu(dir: &Path, vcpu_id: u32) -> Result<VcpuInfo, ScanError> {
         group,
         apic_id: read_num(&dir.join("apic_id"), "a decimal APIC ID")?,
         vtl,
+        stats: BTreeMap::new(),
     })
 }
 

@@ -107,6 +107,7 @@ mod tests {
             group,
             apic_id: vcpu_id,
             vtl,
+            stats: Default::default(),
         }
     }
 

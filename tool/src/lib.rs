@@ -12,6 +12,9 @@
 //!     vcpu<vcpu_id>/hv_vp_index                   Hyper-V VP index
 //! ```
 //!
+//! Per-vCPU statistics are not in debugfs: [`vcpustats`] reads them from the VMM's KVM
+//! stats fds.
+//!
 //! A tree recorded elsewhere (`--debugfs DIR`, the test fixtures) may also hold
 //! `proc/<pid>/comm`, the command name of each VM's process when it was recorded.
 #![deny(missing_docs)]
@@ -19,6 +22,7 @@
 pub mod debugfs;
 pub mod filter;
 pub mod render;
+pub mod vcpustats;
 
 pub use debugfs::{
     comm_root, is_live_debugfs, scan, scan_in, scan_vm, scan_vm_in, ScanError, VcpuInfo, VmInfo,

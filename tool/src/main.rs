@@ -5,6 +5,7 @@
 //! ended with Ctrl-C); 1 error (message on stderr); 2 bad usage; 3 the kernel does not carry
 //! the series; 4 the named VM does not exist (or vanished).
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::io::{self, IsTerminal, Write};
 use std::os::fd::AsRawFd;
@@ -56,9 +57,16 @@ enum Command {
         watch: WatchArgs,
     },
     /// Show the vCPUs of every VM (or of the named ones: `<pid>-<fd>` as `ps` prints).
+    ///
+    /// Each vCPU's `hv_vtl_exits` (and any statistic named with --stat) comes from KVM's
+    /// per-vCPU binary statistics, which vtlctl takes from the VMM's open stats fds (root
+    /// only); `-` where they cannot be read, with the reason on stderr.
     Show {
         #[command(flatten)]
         sel: Select,
+        /// Also show this per-vCPU KVM statistic (e.g. io_exits, halt_exits; repeatable).
+        #[arg(long = "stat", value_name = "NAME", value_parser = parse_stat_name)]
+        stat: Vec<String>,
         #[command(flatten)]
         watch: WatchArgs,
     },
@@ -90,7 +98,18 @@ enum Command {
         #[arg(long)]
         ready_file: Option<PathBuf>,
     },
+    /// Print a vCPU's raw KVM stats file as hex (`xxd -p`), to record test fixtures.
+    #[command(hide = true)]
+    DumpVcpuStats {
+        /// The VM (`<pid>-<fd>`).
+        vm: String,
+        /// The vCPU's vcpu_id.
+        vcpu: u32,
+    },
 }
+
+/// The per-vCPU statistic `show` always has a column for (series v3).
+const DEFAULT_STAT: &str = "hv_vtl_exits";
 
 /// Which VMs and vCPUs `show` and `vps` print.
 #[derive(Args)]
@@ -120,6 +139,21 @@ struct WatchArgs {
     #[arg(long, value_name = "N", requires = "watch",
           value_parser = clap::value_parser!(u64).range(1..))]
     count: Option<u64>,
+}
+
+/// A KVM statistic name: lower-case letters, digits and `_`, as KVM names them.
+fn parse_stat_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() < 64
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?} is not a KVM statistic name (lower-case letters, digits and _)"
+        ))
+    }
 }
 
 fn parse_group(s: &str) -> Result<GroupSel, vtlctl::filter::FilterError> {
@@ -244,6 +278,7 @@ fn demo(vps: u32, vtls: u32, hold: u64, ready_file: Option<PathBuf>) -> Result<E
     vm.create_irq_chip().context("KVM_CREATE_IRQCHIP")?;
     vtlkit_uapi::enable_apic_groups(&vm).context("opting the VM in to APIC groups")?;
     let mut vcpus = Vec::new();
+    let mut stats_fds = Vec::new();
     for vtl in 0..vtls {
         for vp in 0..vps {
             let id = vtl * vps + vp;
@@ -271,6 +306,12 @@ fn demo(vps: u32, vtls: u32, hold: u64, ready_file: Option<PathBuf>) -> Result<E
             if n != 1 {
                 bail!("KVM_SET_MSRS on vCPU {id}: KVM refused HV_X64_MSR_VP_INDEX = {vp}");
             }
+            // Keep its stats fd open, as a VMM must for `vtlctl show` to read the vCPU's
+            // statistics (KVM hands one out to the VM's own process only).
+            stats_fds.push(
+                vtlctl::vcpustats::get_stats_fd(&vcpu)
+                    .with_context(|| format!("KVM_GET_STATS_FD on vCPU {id}"))?,
+            );
             vcpus.push(vcpu);
         }
     }
@@ -289,6 +330,26 @@ fn demo(vps: u32, vtls: u32, hold: u64, ready_file: Option<PathBuf>) -> Result<E
         }
     }
     std::thread::sleep(Duration::from_secs(hold));
+    drop(stats_fds);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn dump_vcpu_stats(root: &Path, vm: &str, vcpu: u32) -> Result<ExitCode> {
+    let Some((pid, _)) = vtlctl::debugfs::parse_vm_dir(vm) else {
+        return Err(Usage(format!("{vm:?} is not a VM name (<pid>-<fd>)")).into());
+    };
+    let n = vtlctl::vcpustats::vms_of_pid(root, Path::new("/proc"), pid).max(1);
+    let mut all = vtlctl::vcpustats::read_vm_raw(Path::new("/proc"), pid, n)
+        .with_context(|| format!("VM {vm}"))?;
+    let (_, raw) = all
+        .remove(&vcpu)
+        .with_context(|| format!("VM {vm} has no vCPU {vcpu}"))?
+        .with_context(|| format!("VM {vm} vCPU {vcpu}"))?;
+    let hex: String = raw
+        .chunks(30)
+        .map(|c| c.iter().map(|b| format!("{b:02x}")).collect::<String>() + "\n")
+        .collect();
+    out(&hex)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -341,8 +402,10 @@ fn collect(
 
 /// One frame of `ps`/`show`/`vps`: a JSON document (one line per sample with --watch) or a
 /// table, counters with their change since `prev`.
+#[allow(clippy::too_many_arguments)]
 fn render_frame(
     view: View,
+    stats: &[String],
     json: bool,
     compact: bool,
     filtered: bool,
@@ -386,7 +449,7 @@ fn render_frame(
     }
     s += &match view {
         View::Ps => render::ps_table_with(vms, prev),
-        View::Show => render::show_table_with(vms, prev),
+        View::Show => render::show_table_stats(vms, prev, stats),
         View::Vps => render::vps_table_with(vms, prev),
     };
     Ok(s)
@@ -421,7 +484,54 @@ fn sleep_unless_stopped(d: Duration) -> bool {
     }
 }
 
-fn list(cli: &Cli, view: View, sel: Option<&Select>, watch: &WatchArgs) -> Result<ExitCode> {
+/// Fill in the per-vCPU statistics `cols` of `vms` (`strict`: the names the user asked for,
+/// which must exist); say once on stderr why any are missing.
+fn fill_stats(
+    root: &Path,
+    vms: &mut [VmInfo],
+    cols: &[String],
+    strict: &[String],
+    said: &mut BTreeSet<String>,
+) -> Result<()> {
+    let rep = vtlctl::vcpustats::fill(root, vms, cols, strict);
+    if let Some((name, has)) = rep.unknown.first() {
+        return Err(Usage(format!(
+            "--stat {name}: KVM has no per-vCPU statistic named {name:?} (it has: {})",
+            has.join(", ")
+        ))
+        .into());
+    }
+    if let Some(name) = rep.not_single.first() {
+        return Err(Usage(format!(
+            "--stat {name}: {name} is a histogram; --stat shows single-valued statistics"
+        ))
+        .into());
+    }
+    for n in rep.notes {
+        if said.insert(n.clone()) {
+            warn(&format!("vtlctl: note: {n} (shown as -)"));
+        }
+    }
+    Ok(())
+}
+
+fn list(
+    cli: &Cli,
+    view: View,
+    sel: Option<&Select>,
+    stats: &[String],
+    watch: &WatchArgs,
+) -> Result<ExitCode> {
+    // Per-vCPU statistic columns (show only): hv_vtl_exits, then those asked for.
+    let mut cols: Vec<String> = Vec::new();
+    if view == View::Show {
+        for n in std::iter::once(DEFAULT_STAT).chain(stats.iter().map(String::as_str)) {
+            if !cols.iter().any(|c| c == n) {
+                cols.push(n.to_string());
+            }
+        }
+    }
+    let mut said = BTreeSet::new();
     let mut names: Vec<String> = Vec::new();
     let mut filter = Filter::default();
     if let Some(sel) = sel {
@@ -430,10 +540,11 @@ fn list(cli: &Cli, view: View, sel: Option<&Select>, watch: &WatchArgs) -> Resul
         filter.vtls.clone_from(&sel.vtl);
     }
     let Some(interval) = watch.watch else {
-        let (vms, vanished) = match collect(&cli.debugfs, &names, &filter) {
+        let (mut vms, vanished) = match collect(&cli.debugfs, &names, &filter) {
             Ok(r) => r,
             Err(e) => return scan_error(e),
         };
+        fill_stats(&cli.debugfs, &mut vms, &cols, stats, &mut said)?;
         // Tables note vanished VMs on stderr, JSON lists them in the document.
         let listed: &[String] = if cli.json { &vanished } else { &[] };
         if !cli.json {
@@ -443,7 +554,7 @@ fn list(cli: &Cli, view: View, sel: Option<&Select>, watch: &WatchArgs) -> Resul
         }
         let filtered = !filter.is_empty();
         out(&render_frame(
-            view, cli.json, false, filtered, &vms, listed, None,
+            view, &cols, cli.json, false, filtered, &vms, listed, None,
         )?)?;
         return Ok(ExitCode::SUCCESS);
     };
@@ -454,10 +565,11 @@ fn list(cli: &Cli, view: View, sel: Option<&Select>, watch: &WatchArgs) -> Resul
     let mut n: u64 = 0;
     loop {
         n += 1;
-        let (vms, vanished) = match collect(&cli.debugfs, &names, &filter) {
+        let (mut vms, vanished) = match collect(&cli.debugfs, &names, &filter) {
             Ok(r) => r,
             Err(e) => return scan_error(e),
         };
+        fill_stats(&cli.debugfs, &mut vms, &cols, stats, &mut said)?;
         let mut frame = String::new();
         if !cli.json {
             if tty {
@@ -475,6 +587,7 @@ fn list(cli: &Cli, view: View, sel: Option<&Select>, watch: &WatchArgs) -> Resul
         }
         frame += &render_frame(
             view,
+            &cols,
             cli.json,
             true,
             !filter.is_empty(),
@@ -506,9 +619,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::from(EXIT_NO_SERIES)
             })
         }
-        Command::Ps { watch } => list(&cli, View::Ps, None, watch),
-        Command::Show { sel, watch } => list(&cli, View::Show, Some(sel), watch),
-        Command::Vps { sel, watch } => list(&cli, View::Vps, Some(sel), watch),
+        Command::Ps { watch } => list(&cli, View::Ps, None, &[], watch),
+        Command::Show { sel, stat, watch } => list(&cli, View::Show, Some(sel), stat, watch),
+        Command::Vps { sel, watch } => list(&cli, View::Vps, Some(sel), &[], watch),
+        Command::DumpVcpuStats { vm, vcpu } => dump_vcpu_stats(&cli.debugfs, vm, *vcpu),
         Command::Demo {
             vps,
             vtls,

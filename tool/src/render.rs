@@ -143,22 +143,35 @@ pub fn show_table(vms: &[VmInfo]) -> String {
 
 /// [`show_table`] with counter changes since `prev`.
 pub fn show_table_with(vms: &[VmInfo], prev: Option<&Sample>) -> String {
+    show_table_stats(vms, prev, &[])
+}
+
+/// [`show_table_with`] plus one column per per-vCPU statistic in `stats` (header: the name in
+/// upper case), `-` where a vCPU's value could not be read.
+pub fn show_table_stats(vms: &[VmInfo], prev: Option<&Sample>, stats: &[String]) -> String {
     let rows: Vec<Vec<String>> = vms
         .iter()
         .flat_map(|vm| {
             vm.vcpus.iter().map(move |v| {
-                vec![
+                let mut row = vec![
                     vm.vm.clone(),
                     v.vcpu_id.to_string(),
                     opt(v.vp_index),
                     opt(v.group),
                     v.apic_id.to_string(),
                     v.vtl.to_string(),
-                ]
+                ];
+                row.extend(stats.iter().map(|n| opt(v.stats.get(n).copied().flatten())));
+                row
             })
         })
         .collect();
-    table(&["VM", "VCPU", "VP", "GROUP", "APIC_ID", "VTL"], &rows) + &counter_lines(vms, prev)
+    let mut header: Vec<String> = ["VM", "VCPU", "VP", "GROUP", "APIC_ID", "VTL"]
+        .map(String::from)
+        .to_vec();
+    header.extend(stats.iter().map(|n| n.to_uppercase()));
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+    table(&header, &rows) + &counter_lines(vms, prev)
 }
 
 /// One vCPU in a [`VpRow`].
@@ -272,6 +285,7 @@ mod tests {
                     group: Some(0),
                     apic_id: 0,
                     vtl: 0,
+                    stats: Default::default(),
                 },
                 VcpuInfo {
                     vcpu_id: 10,
@@ -279,6 +293,7 @@ mod tests {
                     group: Some(1),
                     apic_id: 0,
                     vtl: 1,
+                    stats: Default::default(),
                 },
             ],
             counters: BTreeMap::from([("apic_group_irq_dropped".to_string(), 3)]),
@@ -341,6 +356,7 @@ mod tests {
             group,
             apic_id: vp,
             vtl,
+            stats: Default::default(),
         };
         VmInfo {
             vm: "7-3".into(),
@@ -357,6 +373,7 @@ mod tests {
                     group: None,
                     apic_id: 4,
                     vtl: 0,
+                    stats: Default::default(),
                 },
             ],
             counters: BTreeMap::from([("apic_group_irq_dropped".to_string(), 5)]),
@@ -425,6 +442,63 @@ mod tests {
             t.lines().nth(1),
             Some("7-3  0   0        vcpu0/g0,vcpu4/g-  vcpu2/g1")
         );
+    }
+
+    #[test]
+    fn per_vcpu_stats_are_columns_and_json_fields() {
+        let mut vm = siblings();
+        let names = ["hv_vtl_exits".to_string(), "io_exits".to_string()];
+        for v in &mut vm.vcpus {
+            v.stats = names.iter().map(|n| (n.clone(), None)).collect();
+        }
+        vm.vcpus[0].stats.insert("hv_vtl_exits".into(), Some(7));
+        vm.vcpus[0].stats.insert("io_exits".into(), Some(120));
+        vm.vcpus[2].stats.insert("hv_vtl_exits".into(), Some(0));
+        let t = show_table_stats(&[vm.clone()], None, &names);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(
+            lines[0],
+            "VM   VCPU  VP  GROUP  APIC_ID  VTL  HV_VTL_EXITS  IO_EXITS"
+        );
+        assert_eq!(
+            lines[1],
+            "7-3  0     0   0      0        0    7             120"
+        );
+        assert_eq!(
+            lines[2],
+            "7-3  1     1   0      1        0    -             -"
+        );
+        assert_eq!(
+            lines[3],
+            "7-3  2     0   1      0        1    0             -"
+        );
+        assert_eq!(lines[6], "7-3: apic_group_irq_dropped=5");
+        // Without names the table is what it was.
+        assert_eq!(
+            show_table_stats(&[vm.clone()], None, &[]),
+            show_table(&[vm.clone()])
+        );
+        let v: serde_json::Value = serde_json::to_value(VmsDoc {
+            schema: JSON_SCHEMA,
+            vms: &[vm],
+            vanished: &[],
+        })
+        .expect("serialize");
+        assert_eq!(v["vms"][0]["vcpus"][0]["stats"]["hv_vtl_exits"], 7);
+        assert_eq!(v["vms"][0]["vcpus"][0]["stats"]["io_exits"], 120);
+        assert_eq!(
+            v["vms"][0]["vcpus"][1]["stats"]["hv_vtl_exits"],
+            serde_json::Value::Null
+        );
+        assert_eq!(v["vms"][0]["vcpus"][2]["stats"]["hv_vtl_exits"], 0);
+        // Not asked for: no "stats" key at all (ps --json, vps).
+        let plain: serde_json::Value = serde_json::to_value(VmsDoc {
+            schema: JSON_SCHEMA,
+            vms: &[siblings()],
+            vanished: &[],
+        })
+        .expect("serialize");
+        assert!(plain["vms"][0]["vcpus"][0].get("stats").is_none());
     }
 
     #[test]

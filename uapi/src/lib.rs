@@ -404,6 +404,22 @@ mod tests {
     }
 
     #[test]
+    fn stock_ioctl_numbers_from_the_headers() {
+        // KVM_GET_STATS_FD is _IO (no argument), KVM_GET_SUPPORTED_HV_CPUID _IOWR on a
+        // struct kvm_cpuid2 (whose size the header's _IOWR saw without its flexible array).
+        let stats = raw::VTLKIT_KVM_GET_STATS_FD;
+        let hv = raw::VTLKIT_KVM_GET_SUPPORTED_HV_CPUID;
+        assert_eq!(stats >> 16, 0, "_IO: no direction, no size");
+        assert_eq!((stats >> 8) & 0xff, kvm_bindings::KVMIO);
+        assert_eq!(hv >> 30, 3, "_IOWR");
+        assert_eq!((hv >> 8) & 0xff, kvm_bindings::KVMIO);
+        assert_eq!(
+            (hv >> 16) & 0x3fff,
+            std::mem::size_of::<kvm_bindings::kvm_cpuid2>() as u32
+        );
+    }
+
+    #[test]
     fn conversions_round_trip_and_zero_reserved() {
         let g = ApicGroup {
             group: 3,

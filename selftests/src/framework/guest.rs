@@ -88,6 +88,23 @@ pub mod pcpu {
     pub const HV_HYPERCALL: u64 = 0xb0;
     /// u64: steps of its hypercall program the Hyper-V guest has finished.
     pub const HV_STEPS: u64 = 0xb8;
+    /// u64 (VSM, VTL1 vCPU): guest-physical address of the array of
+    /// [`super::vsm::block`]s; the n-th entry into VTL1 uses block n.
+    pub const VSM_BLOCKS: u64 = 0xc0;
+    /// u64 (VSM, VTL1 vCPU): entries into VTL1 so far (the index of the next block).
+    pub const VSM_ROUND: u64 = 0xc8;
+    /// u64 (VSM, VTL1 vCPU): guest-physical address of the VP assist page the VTL1 guest
+    /// enables on its first entry (0 = none).
+    pub const VSM_ASSIST: u64 = 0xd0;
+    /// u64 (VSM, VTL1 vCPU): set by the guest once its first entry set up its MSRs and APIC.
+    pub const VSM_INIT: u64 = 0xd8;
+    /// u64 (VSM, VTL1 vCPU): non-zero makes every entry return at once with a fast VtlReturn
+    /// (the benchmark), without looking at any block.
+    pub const VSM_BENCH: u64 = 0xe0;
+    /// u64 (VSM): the block the current VtlCall or VTL1 entry works on (guest scratch).
+    pub const VSM_BLOCK_CUR: u64 = 0xe8;
+    /// u64 (VSM): VtlCalls left in a [`super::hvprog::VTL_CALL_LOOP`] (guest scratch).
+    pub const VSM_LOOP_LEFT: u64 = 0xf0;
     /// u32 x 256: interrupts handled, per vector.
     pub const IRQ_COUNTS: u64 = 0x100;
     /// u64: exceptions (vectors 0..31) taken.
@@ -96,8 +113,13 @@ pub mod pcpu {
     pub const EXC_FIRST: u64 = EXC_COUNT + 0x40;
     /// [`exc`] record: the last exception taken.
     pub const EXC_LAST: u64 = EXC_FIRST + exc::SIZE;
-    /// Bytes used by the fields above (must fit below [`TSS`]).
+    /// Bytes used by the fields above (must fit below [`TSS`]). The fuzzer's guest uses
+    /// 0x5c0..0x640 (`tests/fuzz.rs`), the VSM code [`VSM_REGS`].
     pub const SIZE: u64 = EXC_LAST + exc::SIZE;
+    /// [`super::vsm::regs`] register file (VSM): where the guest saves every register the
+    /// moment it comes back from a VTL switch, before it uses any of them (above the fuzzer's
+    /// area, below [`TSS`]).
+    pub const VSM_REGS: u64 = 0x640;
     /// This vCPU's 64-bit TSS (its TR base): only IST1 is used, for #DF.
     pub const TSS: u64 = 0x700;
     /// Size of the TSS (limit + 1).
@@ -228,6 +250,186 @@ pub mod hvprog {
     pub const WAIT_IRQS: u64 = 4;
     /// SYNC(STAGE_HV_GATE, A0), then wait until the data page's GO equals A0.
     pub const GATE: u64 = 5;
+    /// VSM: HvCallVtlCall with every register loaded from the [`super::vsm::block`] at A0
+    /// (its `IN` set: RAX 0 and RCX 0x11 for a well-formed call); what this VTL finds when it
+    /// is resumed goes in the block's `V0_*` fields. RESULT and RCX_OUT are not written.
+    pub const VTL_CALL: u64 = 6;
+    /// VSM: HvCallEnableVpVtl for this VP: the input block (PartitionId self, this VP's index,
+    /// TargetVtl A1) is built in the page at A0, with an initial context copied from this
+    /// vCPU's own long-mode state except RIP, RSP, GS base, TR base and (if non-zero) CR3,
+    /// which come from the entry's `VP_CTX_*` fields. RESULT = the status.
+    pub const ENABLE_VP_VTL: u64 = 7;
+    /// VSM benchmark: LOOP_COUNT VtlCalls (RAX 0, RCX 0x11) in a row; RESULT = TSC cycles.
+    pub const VTL_CALL_LOOP: u64 = 8;
+    /// Benchmark: LOOP_COUNT hypercalls with CONTROL, RDX, R8 (each must return
+    /// HV_STATUS_SUCCESS, else the guest aborts); RESULT = TSC cycles.
+    pub const HCALL_LOOP: u64 = 9;
+
+    /// u64 ([`ENABLE_VP_VTL`]): RIP of the new VTL.
+    pub const VP_CTX_RIP: u64 = 64;
+    /// u64 ([`ENABLE_VP_VTL`]): RSP of the new VTL.
+    pub const VP_CTX_RSP: u64 = 72;
+    /// u64 ([`ENABLE_VP_VTL`]): GS base of the new VTL (its vCPU's data page).
+    pub const VP_CTX_GS_BASE: u64 = 80;
+    /// u64 ([`ENABLE_VP_VTL`]): CR3 of the new VTL; 0 = this VTL's own.
+    pub const VP_CTX_CR3: u64 = 88;
+    /// u64 ([`ENABLE_VP_VTL`]): TR base of the new VTL (its vCPU's TSS).
+    pub const VP_CTX_TR_BASE: u64 = 96;
+    /// u64 ([`VTL_CALL_LOOP`], [`HCALL_LOOP`]): how many calls.
+    pub const LOOP_COUNT: u64 = 64;
+}
+
+/// VSM guest code: what VTL0's program steps ([`hvprog::VTL_CALL`], [`hvprog::ENABLE_VP_VTL`])
+/// and the VTL1 entry ([`Entry::VsmVtl1`]) read and write. [`crate::vp`] says how the host
+/// side runs it.
+///
+/// One VtlCall/VtlReturn round trip is described by one [`block`]: VTL0 loads its `IN`
+/// registers and calls; VTL1, entered, saves what it found (`V1_SEEN`, its CR3, GS base and
+/// the entry reason in its VP assist page, which it then clears), optionally issues one fast
+/// hypercall (`V1_HC_*`, e.g. an IPI), writes `V1_RET_RAX`/`V1_RET_RCX` into its assist page's
+/// `HV_VP_VTL_CONTROL`, loads its `V1_OUT` registers (RAX = 0 normal or 1 fast return,
+/// RCX = 0x12) and returns; VTL0, resumed, saves what it found (`V0_SEEN`, CR3, GS base).
+/// VTL1 re-enters right after its VtlReturn instruction and takes the next block.
+pub mod vsm {
+    /// A saved register set: the 16 general-purpose registers in hvdef order (RAX RCX RDX RBX
+    /// RSP RBP RSI RDI R8..R15), 8 bytes each, then XMM6 (16 bytes).
+    pub mod regs {
+        /// Number of general-purpose registers.
+        pub const GPRS: usize = 16;
+        /// Index of RAX.
+        pub const RAX: usize = 0;
+        /// Index of RCX.
+        pub const RCX: usize = 1;
+        /// Index of RSP (private per VTL: not loaded by the guest, only saved).
+        pub const RSP: usize = 4;
+        /// Offset of XMM6 (low qword, then high qword).
+        pub const XMM6: u64 = 128;
+        /// Size in bytes.
+        pub const SIZE: u64 = 144;
+        /// Size in qwords.
+        pub const QWORDS: u64 = SIZE / 8;
+        /// hvdef names of the GPRs, for reports.
+        pub const NAMES: [&str; GPRS] = [
+            "RAX", "RCX", "RDX", "RBX", "RSP", "RBP", "RSI", "RDI", "R8", "R9", "R10", "R11",
+            "R12", "R13", "R14", "R15",
+        ];
+    }
+
+    /// One round trip's block (see the module documentation).
+    pub mod block {
+        /// Register set VTL0 loads before its VtlCall (RSP not loaded).
+        pub const IN: u64 = 0x000;
+        /// Register set VTL1 found when entered.
+        pub const V1_SEEN: u64 = 0x090;
+        /// u64: VTL1's CR3 when entered.
+        pub const V1_CR3: u64 = 0x120;
+        /// u64: VTL1's GS base (IA32_GS_BASE) when entered.
+        pub const V1_GS_BASE: u64 = 0x128;
+        /// u64: the u32 `vtl_entry_reason` VTL1 read in its VP assist page (then set to 0).
+        pub const V1_ENTRY_REASON: u64 = 0x130;
+        /// u64: VTL1's entry count when it took this block (the block's index).
+        pub const V1_ROUND: u64 = 0x138;
+        /// u64: control word of a fast hypercall VTL1 issues before returning (0 = none).
+        pub const V1_HC_CONTROL: u64 = 0x140;
+        /// u64: its RDX.
+        pub const V1_HC_RDX: u64 = 0x148;
+        /// u64: its R8.
+        pub const V1_HC_R8: u64 = 0x150;
+        /// u64: RAX after it (the status).
+        pub const V1_HC_RESULT: u64 = 0x158;
+        /// u64: what VTL1 writes to `vtl_ret_x64rax` in its assist page before returning.
+        pub const V1_RET_RAX: u64 = 0x160;
+        /// u64: what VTL1 writes to `vtl_ret_x64rcx`.
+        pub const V1_RET_RCX: u64 = 0x168;
+        /// Register set VTL1 loads before its VtlReturn (RSP not loaded).
+        pub const V1_OUT: u64 = 0x170;
+        /// Register set VTL0 found when resumed.
+        pub const V0_SEEN: u64 = 0x200;
+        /// u64: VTL0's RSP just before it loaded `IN` (what it must find again).
+        pub const V0_RSP_BEFORE: u64 = 0x290;
+        /// u64: VTL0's CR3 when resumed.
+        pub const V0_CR3: u64 = 0x298;
+        /// u64: VTL0's GS base when resumed.
+        pub const V0_GS_BASE: u64 = 0x2a0;
+        /// Size of a block.
+        pub const SIZE: u64 = 0x2c0;
+    }
+
+    /// The HvCallEnableVpVtl input block.
+    pub mod enable {
+        /// u64: PartitionId.
+        pub const PARTITION_ID: u64 = 0;
+        /// u32: VpIndex.
+        pub const VP_INDEX: u64 = 8;
+        /// u8: TargetVtl.
+        pub const TARGET_VTL: u64 = 12;
+        /// HV_INITIAL_VP_CONTEXT.
+        pub const CONTEXT: u64 = 16;
+        /// Size of the whole input block.
+        pub const SIZE: u64 = CONTEXT + super::ctx::SIZE;
+    }
+
+    /// HV_INITIAL_VP_CONTEXT (x64, TLFS): offsets.
+    pub mod ctx {
+        /// u64 RIP.
+        pub const RIP: u64 = 0;
+        /// u64 RSP.
+        pub const RSP: u64 = 8;
+        /// u64 RFLAGS.
+        pub const RFLAGS: u64 = 16;
+        /// 8 hv_x64_segment_registers (base u64, limit u32, selector u16, attributes u16): CS,
+        /// DS, ES, FS, GS, SS, TR, LDTR.
+        pub const SEGS: u64 = 24;
+        /// Size of one segment register.
+        pub const SEG_SIZE: u64 = 16;
+        /// IDTR (pad 6 bytes, limit u16, base u64).
+        pub const IDTR: u64 = 152;
+        /// GDTR.
+        pub const GDTR: u64 = 168;
+        /// u64 EFER.
+        pub const EFER: u64 = 184;
+        /// u64 CR0.
+        pub const CR0: u64 = 192;
+        /// u64 CR3.
+        pub const CR3: u64 = 200;
+        /// u64 CR4.
+        pub const CR4: u64 = 208;
+        /// u64 IA32_PAT.
+        pub const PAT: u64 = 216;
+        /// Size.
+        pub const SIZE: u64 = 224;
+    }
+
+    /// `struct hv_vp_assist_page` offsets of the VTL control area.
+    pub mod assist {
+        /// u32 `vtl_entry_reason` (1 = VtlCall, 2 = interrupt).
+        pub const ENTRY_REASON: u64 = 8;
+        /// u64 `vtl_ret_x64rax`.
+        pub const RET_RAX: u64 = 16;
+        /// u64 `vtl_ret_x64rcx`.
+        pub const RET_RCX: u64 = 24;
+        /// HV_X64_MSR_VP_ASSIST_PAGE enable bit.
+        pub const ENABLE: u64 = 1;
+    }
+
+    /// VtlReturn's RAX: fast return (bit 0), leaving RAX/RCX as the returning VTL left them.
+    pub const RETURN_FAST: u64 = 1;
+    /// RFLAGS of the new VTL (bit 1 is always set; IF clear).
+    pub const INITIAL_RFLAGS: u64 = 0x2;
+    /// Segment attribute bit 1 of a TSS type: busy (a loaded TR is busy).
+    pub const TSS_BUSY: u64 = 0x2;
+}
+
+/// Architectural MSRs the guest code reads.
+pub mod x86msr {
+    /// IA32_EFER.
+    pub const EFER: u32 = 0xc000_0080;
+    /// IA32_FS_BASE.
+    pub const FS_BASE: u32 = 0xc000_0100;
+    /// IA32_GS_BASE.
+    pub const GS_BASE: u32 = 0xc000_0101;
+    /// IA32_PAT.
+    pub const PAT: u32 = 0x277;
 }
 
 // The guest code. Intel syntax (the Rust default for `global_asm!`).
@@ -693,7 +895,15 @@ vtlkit_guest_hv_step:
     mov rdi, [rbx + {HVPROG_A0}]
     mov rsi, [rbx + {HVPROG_A1}]
     jmp vtlkit_guest_wait_irqs
-5:  GUEST_ASSERT_EQ rax, {HVPROG_GATE}, "unknown hypercall-program step"
+5:  cmp rax, {HVPROG_VTL_CALL}
+    je vtlkit_guest_vsm_vtl_call
+    cmp rax, {HVPROG_ENABLE_VP_VTL}
+    je vtlkit_guest_vsm_enable_vp_vtl
+    cmp rax, {HVPROG_VTL_CALL_LOOP}
+    je vtlkit_guest_vsm_vtl_call_loop
+    cmp rax, {HVPROG_HCALL_LOOP}
+    je vtlkit_guest_hcall_loop
+    GUEST_ASSERT_EQ rax, {HVPROG_GATE}, "unknown hypercall-program step"
     mov rdi, {STAGE_HV_GATE}
     mov rsi, [rbx + {HVPROG_A0}]
     UCALL {UCALL_SYNC}
@@ -758,6 +968,369 @@ vtlkit_guest_hv_main:
     mov rsi, r12
     UCALL {UCALL_SYNC}
     jmp vtlkit_guest_halt_forever
+
+// ---------------------------------------------------------------------------------------------
+// VSM: VTL0's VtlCall and EnableVpVtl steps, and the VTL1 entry (guest.rs `vsm` module).
+
+// vtlkit_guest_hcall_insn: the hypercall instruction alone, every register as the caller set
+// it: `vmmcall` (AMD) or `vmcall` (Intel) as the data page says. Changes only RFLAGS (and what
+// the hypervisor changes). After a VtlCall, this VTL resumes here, right after the instruction.
+    .globl vtlkit_guest_hcall_insn
+vtlkit_guest_hcall_insn:
+    cmp qword ptr gs:[{PCPU_HYPERCALL_VMCALL}], 0
+    jne 2f
+    .globl vtlkit_guest_hcall_vmmcall
+vtlkit_guest_hcall_vmmcall:
+    vmmcall
+    .globl vtlkit_guest_hcall_vmmcall_after
+vtlkit_guest_hcall_vmmcall_after:
+    ret
+    .globl vtlkit_guest_hcall_vmcall
+vtlkit_guest_hcall_vmcall:
+2:  vmcall
+    .globl vtlkit_guest_hcall_vmcall_after
+vtlkit_guest_hcall_vmcall_after:
+    ret
+
+// VSM_SAVE_REGS: every GPR (RSP too) and XMM6 into the register file gs:[VSM_REGS]. Changes
+// nothing.
+    .macro VSM_SAVE_REGS
+    mov gs:[{PCPU_VSM_REGS} + 0], rax
+    mov gs:[{PCPU_VSM_REGS} + 8], rcx
+    mov gs:[{PCPU_VSM_REGS} + 16], rdx
+    mov gs:[{PCPU_VSM_REGS} + 24], rbx
+    mov gs:[{PCPU_VSM_REGS} + 32], rsp
+    mov gs:[{PCPU_VSM_REGS} + 40], rbp
+    mov gs:[{PCPU_VSM_REGS} + 48], rsi
+    mov gs:[{PCPU_VSM_REGS} + 56], rdi
+    mov gs:[{PCPU_VSM_REGS} + 64], r8
+    mov gs:[{PCPU_VSM_REGS} + 72], r9
+    mov gs:[{PCPU_VSM_REGS} + 80], r10
+    mov gs:[{PCPU_VSM_REGS} + 88], r11
+    mov gs:[{PCPU_VSM_REGS} + 96], r12
+    mov gs:[{PCPU_VSM_REGS} + 104], r13
+    mov gs:[{PCPU_VSM_REGS} + 112], r14
+    mov gs:[{PCPU_VSM_REGS} + 120], r15
+    movdqu gs:[{PCPU_VSM_REGS} + {VSM_REGS_XMM6}], xmm6
+    .endm
+
+// VSM_LOAD_REGS: every GPR but RSP, and XMM6, from the register set at RAX (RAX last).
+    .macro VSM_LOAD_REGS
+    movdqu xmm6, [rax + {VSM_REGS_XMM6}]
+    mov rcx, [rax + 8]
+    mov rdx, [rax + 16]
+    mov rbx, [rax + 24]
+    mov rbp, [rax + 40]
+    mov rsi, [rax + 48]
+    mov rdi, [rax + 56]
+    mov r8, [rax + 64]
+    mov r9, [rax + 72]
+    mov r10, [rax + 80]
+    mov r11, [rax + 88]
+    mov r12, [rax + 96]
+    mov r13, [rax + 104]
+    mov r14, [rax + 112]
+    mov r15, [rax + 120]
+    mov rax, [rax]
+    .endm
+
+// vtlkit_guest_vsm_copy_regs: copy the register file gs:[VSM_REGS] to RDI. Clobbers RAX, RCX.
+vtlkit_guest_vsm_copy_regs:
+    xor ecx, ecx
+2:  mov rax, gs:[{PCPU_VSM_REGS} + rcx * 8]
+    mov [rdi + rcx * 8], rax
+    inc ecx
+    cmp ecx, {VSM_REGS_QWORDS}
+    jb 2b
+    ret
+
+// vtlkit_guest_vsm_vtl_call: program step VTL_CALL, RBX = the entry, A0 = the block. Loads the
+// block's IN registers, VtlCall, saves what it finds on return into V0_SEEN, V0_CR3, V0_GS_BASE.
+// Preserves RBX and R12 (on this VTL's private stack).
+vtlkit_guest_vsm_vtl_call:
+    push rbx
+    push r12
+    mov rax, [rbx + {HVPROG_A0}]
+    mov gs:[{PCPU_VSM_BLOCK_CUR}], rax
+    mov [rax + {BLK_V0_RSP_BEFORE}], rsp
+    add rax, {BLK_IN}
+    VSM_LOAD_REGS
+    call vtlkit_guest_hcall_insn
+    VSM_SAVE_REGS
+    mov rdi, gs:[{PCPU_VSM_BLOCK_CUR}]
+    add rdi, {BLK_V0_SEEN}
+    call vtlkit_guest_vsm_copy_regs
+    mov rdi, gs:[{PCPU_VSM_BLOCK_CUR}]
+    mov rax, cr3
+    mov [rdi + {BLK_V0_CR3}], rax
+    mov ecx, {MSR_GS_BASE}
+    call vtlkit_guest_rdmsr64
+    mov [rdi + {BLK_V0_GS_BASE}], rax
+    pop r12
+    pop rbx
+    ret
+
+// vtlkit_guest_vsm_seg: the hv_x64_segment_register of selector AX, from its GDT descriptor,
+// at RDI: base 31:0, byte-granular limit, selector, attributes (descriptor bits 55:40 without
+// limit 19:16). A null selector gives zeros (not present). Clobbers RAX, RCX, RDX, RSI.
+vtlkit_guest_vsm_seg:
+    movzx eax, ax
+    mov qword ptr [rdi], 0
+    mov qword ptr [rdi + 8], 0
+    mov word ptr [rdi + 12], ax             // selector
+    and eax, 0xfff8
+    jz 3f
+    sub rsp, 16
+    sgdt [rsp]
+    mov rsi, [rsp + 2]
+    add rsp, 16
+    mov rdx, [rsi + rax]                    // the descriptor
+    mov rax, rdx
+    shr rax, 16
+    and eax, 0xffffff                       // base 23:0
+    mov rcx, rdx
+    shr rcx, 56
+    shl rcx, 24
+    or rax, rcx                             // base 31:24
+    mov [rdi], rax
+    mov eax, edx
+    and eax, 0xffff                         // limit 15:0
+    mov rcx, rdx
+    shr rcx, 48
+    and ecx, 0xf
+    shl ecx, 16
+    or eax, ecx                             // limit 19:16
+    bt rdx, 55                              // G: 4 KiB granular
+    jnc 2f
+    shl eax, 12
+    or eax, 0xfff
+2:  mov [rdi + 8], eax
+    mov rax, rdx
+    shr rax, 40
+    and eax, 0xf0ff
+    mov [rdi + 14], ax
+3:  ret
+
+// vtlkit_guest_vsm_enable_vp_vtl: program step ENABLE_VP_VTL, RBX = the entry. Builds the
+// HvCallEnableVpVtl input in the page at A0 (PartitionId self, this VP's index, TargetVtl A1,
+// an initial context copied from this vCPU's state with the entry's RIP, RSP, GS base, TR
+// base and CR3), issues it, RESULT = RAX. Preserves RBX and R12.
+vtlkit_guest_vsm_enable_vp_vtl:
+    push rbx
+    push r12
+    mov rdi, [rbx + {HVPROG_A0}]
+    mov r12, rdi                            // R12 = the input block
+    xor eax, eax
+    mov ecx, {VSM_ENABLE_SIZE} / 8
+    rep stosq
+    mov qword ptr [r12 + {EN_PARTITION_ID}], -1    // HV_PARTITION_ID_SELF
+    mov ecx, {HV_MSR_VP_INDEX}
+    call vtlkit_guest_rdmsr64
+    mov [r12 + {EN_VP_INDEX}], eax
+    mov al, [rbx + {HVPROG_A1}]
+    mov [r12 + {EN_TARGET_VTL}], al
+    add r12, {EN_CONTEXT}                   // R12 = HV_INITIAL_VP_CONTEXT
+    mov rax, [rbx + {HVPROG_VP_CTX_RIP}]
+    mov [r12 + {CTX_RIP}], rax
+    mov rax, [rbx + {HVPROG_VP_CTX_RSP}]
+    mov [r12 + {CTX_RSP}], rax
+    mov qword ptr [r12 + {CTX_RFLAGS}], {VSM_INITIAL_RFLAGS}
+    mov ax, cs
+    lea rdi, [r12 + {CTX_SEGS} + 0 * {CTX_SEG_SIZE}]
+    call vtlkit_guest_vsm_seg
+    mov ax, ds
+    lea rdi, [r12 + {CTX_SEGS} + 1 * {CTX_SEG_SIZE}]
+    call vtlkit_guest_vsm_seg
+    mov ax, es
+    lea rdi, [r12 + {CTX_SEGS} + 2 * {CTX_SEG_SIZE}]
+    call vtlkit_guest_vsm_seg
+    mov ax, fs
+    lea rdi, [r12 + {CTX_SEGS} + 3 * {CTX_SEG_SIZE}]
+    call vtlkit_guest_vsm_seg
+    mov ecx, {MSR_FS_BASE}                  // 64-bit FS/GS bases live in MSRs
+    call vtlkit_guest_rdmsr64
+    mov [r12 + {CTX_SEGS} + 3 * {CTX_SEG_SIZE}], rax
+    mov ax, gs
+    lea rdi, [r12 + {CTX_SEGS} + 4 * {CTX_SEG_SIZE}]
+    call vtlkit_guest_vsm_seg
+    mov rax, [rbx + {HVPROG_VP_CTX_GS_BASE}]
+    mov [r12 + {CTX_SEGS} + 4 * {CTX_SEG_SIZE}], rax
+    mov ax, ss
+    lea rdi, [r12 + {CTX_SEGS} + 5 * {CTX_SEG_SIZE}]
+    call vtlkit_guest_vsm_seg
+    str ax
+    lea rdi, [r12 + {CTX_SEGS} + 6 * {CTX_SEG_SIZE}]
+    call vtlkit_guest_vsm_seg
+    mov rax, [rbx + {HVPROG_VP_CTX_TR_BASE}]
+    mov [r12 + {CTX_SEGS} + 6 * {CTX_SEG_SIZE}], rax
+    or word ptr [r12 + {CTX_SEGS} + 6 * {CTX_SEG_SIZE} + 14], {VSM_TSS_BUSY}
+    sldt ax
+    lea rdi, [r12 + {CTX_SEGS} + 7 * {CTX_SEG_SIZE}]
+    call vtlkit_guest_vsm_seg
+    sidt [r12 + {CTX_IDTR} + 6]
+    sgdt [r12 + {CTX_GDTR} + 6]
+    mov ecx, {MSR_EFER}
+    call vtlkit_guest_rdmsr64
+    mov [r12 + {CTX_EFER}], rax
+    mov rax, cr0
+    mov [r12 + {CTX_CR0}], rax
+    mov rax, [rbx + {HVPROG_VP_CTX_CR3}]
+    test rax, rax
+    jnz 2f
+    mov rax, cr3
+2:  mov [r12 + {CTX_CR3}], rax
+    mov rax, cr4
+    mov [r12 + {CTX_CR4}], rax
+    mov ecx, {MSR_PAT}
+    call vtlkit_guest_rdmsr64
+    mov [r12 + {CTX_PAT}], rax
+    mov ecx, {HV_CALL_ENABLE_VP_VTL}
+    mov rdx, [rbx + {HVPROG_A0}]
+    xor r8d, r8d
+    xor eax, eax
+    call vtlkit_guest_hcall_insn
+    mov [rbx + {HVPROG_RESULT}], rax
+    mov [rbx + {HVPROG_RCX_OUT}], rcx
+    pop r12
+    pop rbx
+    ret
+
+// vtlkit_guest_vsm_vtl_call_loop: program step VTL_CALL_LOOP, RBX = the entry: LOOP_COUNT
+// VtlCalls (RAX 0, RCX 0x11); RESULT = TSC cycles they took. Preserves RBX and R12.
+vtlkit_guest_vsm_vtl_call_loop:
+    push rbx
+    push r12
+    rdtsc
+    shl rdx, 32
+    or rax, rdx
+    push rax
+    mov rax, [rbx + {HVPROG_LOOP_COUNT}]
+    mov gs:[{PCPU_VSM_LOOP_LEFT}], rax
+2:  cmp qword ptr gs:[{PCPU_VSM_LOOP_LEFT}], 0
+    je 3f
+    xor eax, eax
+    mov ecx, {HV_CALL_VTL_CALL}
+    call vtlkit_guest_hcall_insn
+    dec qword ptr gs:[{PCPU_VSM_LOOP_LEFT}]
+    jmp 2b
+3:  rdtsc
+    shl rdx, 32
+    or rax, rdx
+    pop rcx
+    sub rax, rcx
+    pop r12
+    pop rbx
+    mov [rbx + {HVPROG_RESULT}], rax
+    ret
+
+// vtlkit_guest_hcall_loop: program step HCALL_LOOP, RBX = the entry: LOOP_COUNT hypercalls
+// with CONTROL, RDX, R8, each of which must return status 0; RESULT = TSC cycles.
+// Preserves RBX and R12.
+vtlkit_guest_hcall_loop:
+    push rbx
+    push r12
+    rdtsc
+    shl rdx, 32
+    or rax, rdx
+    push rax
+    mov r12, [rbx + {HVPROG_LOOP_COUNT}]
+2:  test r12, r12
+    jz 3f
+    mov rcx, [rbx + {HVPROG_CONTROL}]
+    mov rdx, [rbx + {HVPROG_RDX}]
+    mov r8, [rbx + {HVPROG_R8}]
+    xor eax, eax
+    call vtlkit_guest_hcall_insn
+    GUEST_ASSERT_EQ rax, 0, "a hypercall of HCALL_LOOP did not return HV_STATUS_SUCCESS"
+    dec r12
+    jmp 2b
+3:  rdtsc
+    shl rdx, 32
+    or rax, rdx
+    pop rcx
+    sub rax, rcx
+    pop r12
+    pop rbx
+    mov [rbx + {HVPROG_RESULT}], rax
+    ret
+
+// Entry: vtlkit_guest_vsm_vtl1. Where VTL1 starts (HvCallEnableVpVtl's RIP) and where it comes
+// back to after each VtlReturn. Each entry: save every register at once; the first one also
+// writes this VTL's GUEST_OS_ID and HYPERCALL MSRs (from the data page), enables its VP assist
+// page (VSM_ASSIST) and its x2APIC. In benchmark mode (VSM_BENCH) return at once (fast).
+// Otherwise take block VSM_ROUND: record V1_SEEN, CR3, GS base, the entry reason (then clear
+// it), issue the block's hypercall if any, write V1_RET_RAX/RCX into the assist page, load
+// V1_OUT and VtlReturn.
+    .globl vtlkit_guest_vsm_vtl1
+vtlkit_guest_vsm_vtl1:
+    VSM_SAVE_REGS
+    cmp qword ptr gs:[{PCPU_VSM_INIT}], 0
+    jne 4f
+    mov rax, gs:[{PCPU_HV_GUEST_OS_ID}]
+    test rax, rax
+    jz 2f
+    mov ecx, {HV_MSR_GUEST_OS_ID}
+    call vtlkit_guest_wrmsr64
+2:  mov rax, gs:[{PCPU_HV_HYPERCALL}]
+    test rax, rax
+    jz 3f
+    mov ecx, {HV_MSR_HYPERCALL}
+    call vtlkit_guest_wrmsr64
+3:  mov rax, gs:[{PCPU_VSM_ASSIST}]
+    test rax, rax
+    jz 2f
+    or rax, {ASSIST_ENABLE}
+    mov ecx, {HV_MSR_VP_ASSIST_PAGE}
+    call vtlkit_guest_wrmsr64
+2:  call vtlkit_guest_apic_enable
+    mov qword ptr gs:[{PCPU_VSM_INIT}], 1
+4:  cmp qword ptr gs:[{PCPU_VSM_BENCH}], 0
+    jne 8f
+    mov rdi, gs:[{PCPU_VSM_ROUND}]
+    imul rdi, rdi, {BLK_SIZE}
+    add rdi, gs:[{PCPU_VSM_BLOCKS}]
+    mov gs:[{PCPU_VSM_BLOCK_CUR}], rdi
+    add rdi, {BLK_V1_SEEN}
+    call vtlkit_guest_vsm_copy_regs
+    mov rdi, gs:[{PCPU_VSM_BLOCK_CUR}]
+    mov rax, cr3
+    mov [rdi + {BLK_V1_CR3}], rax
+    mov ecx, {MSR_GS_BASE}
+    call vtlkit_guest_rdmsr64
+    mov [rdi + {BLK_V1_GS_BASE}], rax
+    mov rax, gs:[{PCPU_VSM_ROUND}]
+    mov [rdi + {BLK_V1_ROUND}], rax
+    mov rsi, gs:[{PCPU_VSM_ASSIST}]
+    test rsi, rsi
+    jz 5f
+    mov eax, dword ptr [rsi + {ASSIST_ENTRY_REASON}]
+    mov [rdi + {BLK_V1_ENTRY_REASON}], rax
+    mov dword ptr [rsi + {ASSIST_ENTRY_REASON}], 0
+5:  mov rcx, [rdi + {BLK_V1_HC_CONTROL}]
+    test rcx, rcx
+    jz 6f
+    mov rdx, [rdi + {BLK_V1_HC_RDX}]
+    mov r8, [rdi + {BLK_V1_HC_R8}]
+    xor eax, eax
+    call vtlkit_guest_hcall_insn
+    mov rdi, gs:[{PCPU_VSM_BLOCK_CUR}]
+    mov [rdi + {BLK_V1_HC_RESULT}], rax
+6:  mov rsi, gs:[{PCPU_VSM_ASSIST}]
+    test rsi, rsi
+    jz 7f
+    mov rax, [rdi + {BLK_V1_RET_RAX}]
+    mov [rsi + {ASSIST_RET_RAX}], rax
+    mov rax, [rdi + {BLK_V1_RET_RCX}]
+    mov [rsi + {ASSIST_RET_RCX}], rax
+7:  inc qword ptr gs:[{PCPU_VSM_ROUND}]
+    lea rax, [rdi + {BLK_V1_OUT}]
+    VSM_LOAD_REGS
+    call vtlkit_guest_hcall_insn            // VtlReturn; the next VtlCall resumes here
+    jmp vtlkit_guest_vsm_vtl1
+8:  mov eax, {VSM_RETURN_FAST}              // benchmark: fast VtlReturn, again and again
+    mov ecx, {HV_CALL_VTL_RETURN}
+    call vtlkit_guest_hcall_insn
+    jmp 8b
 
 // ---------------------------------------------------------------------------------------------
 // Interrupt and exception entry. 256 stubs of 16 bytes each; the IDT entry for vector v points
@@ -917,6 +1490,76 @@ vtlkit_guest_end:
     HVPROG_WRMSR = const hvprog::WRMSR,
     HVPROG_WAIT_IRQS = const hvprog::WAIT_IRQS,
     HVPROG_GATE = const hvprog::GATE,
+    HVPROG_VTL_CALL = const hvprog::VTL_CALL,
+    HVPROG_ENABLE_VP_VTL = const hvprog::ENABLE_VP_VTL,
+    HVPROG_VTL_CALL_LOOP = const hvprog::VTL_CALL_LOOP,
+    HVPROG_HCALL_LOOP = const hvprog::HCALL_LOOP,
+    HVPROG_VP_CTX_RIP = const hvprog::VP_CTX_RIP,
+    HVPROG_VP_CTX_RSP = const hvprog::VP_CTX_RSP,
+    HVPROG_VP_CTX_GS_BASE = const hvprog::VP_CTX_GS_BASE,
+    HVPROG_VP_CTX_CR3 = const hvprog::VP_CTX_CR3,
+    HVPROG_VP_CTX_TR_BASE = const hvprog::VP_CTX_TR_BASE,
+    HVPROG_LOOP_COUNT = const hvprog::LOOP_COUNT,
+    PCPU_VSM_BLOCKS = const pcpu::VSM_BLOCKS,
+    PCPU_VSM_ROUND = const pcpu::VSM_ROUND,
+    PCPU_VSM_ASSIST = const pcpu::VSM_ASSIST,
+    PCPU_VSM_INIT = const pcpu::VSM_INIT,
+    PCPU_VSM_BENCH = const pcpu::VSM_BENCH,
+    PCPU_VSM_BLOCK_CUR = const pcpu::VSM_BLOCK_CUR,
+    PCPU_VSM_LOOP_LEFT = const pcpu::VSM_LOOP_LEFT,
+    PCPU_VSM_REGS = const pcpu::VSM_REGS,
+    VSM_REGS_XMM6 = const vsm::regs::XMM6,
+    VSM_REGS_QWORDS = const vsm::regs::QWORDS,
+    BLK_IN = const vsm::block::IN,
+    BLK_V1_SEEN = const vsm::block::V1_SEEN,
+    BLK_V1_CR3 = const vsm::block::V1_CR3,
+    BLK_V1_GS_BASE = const vsm::block::V1_GS_BASE,
+    BLK_V1_ENTRY_REASON = const vsm::block::V1_ENTRY_REASON,
+    BLK_V1_ROUND = const vsm::block::V1_ROUND,
+    BLK_V1_HC_CONTROL = const vsm::block::V1_HC_CONTROL,
+    BLK_V1_HC_RDX = const vsm::block::V1_HC_RDX,
+    BLK_V1_HC_R8 = const vsm::block::V1_HC_R8,
+    BLK_V1_HC_RESULT = const vsm::block::V1_HC_RESULT,
+    BLK_V1_RET_RAX = const vsm::block::V1_RET_RAX,
+    BLK_V1_RET_RCX = const vsm::block::V1_RET_RCX,
+    BLK_V1_OUT = const vsm::block::V1_OUT,
+    BLK_V0_SEEN = const vsm::block::V0_SEEN,
+    BLK_V0_RSP_BEFORE = const vsm::block::V0_RSP_BEFORE,
+    BLK_V0_CR3 = const vsm::block::V0_CR3,
+    BLK_V0_GS_BASE = const vsm::block::V0_GS_BASE,
+    BLK_SIZE = const vsm::block::SIZE,
+    VSM_ENABLE_SIZE = const vsm::enable::SIZE,
+    EN_PARTITION_ID = const vsm::enable::PARTITION_ID,
+    EN_VP_INDEX = const vsm::enable::VP_INDEX,
+    EN_TARGET_VTL = const vsm::enable::TARGET_VTL,
+    EN_CONTEXT = const vsm::enable::CONTEXT,
+    CTX_RIP = const vsm::ctx::RIP,
+    CTX_RSP = const vsm::ctx::RSP,
+    CTX_RFLAGS = const vsm::ctx::RFLAGS,
+    CTX_SEGS = const vsm::ctx::SEGS,
+    CTX_SEG_SIZE = const vsm::ctx::SEG_SIZE,
+    CTX_IDTR = const vsm::ctx::IDTR,
+    CTX_GDTR = const vsm::ctx::GDTR,
+    CTX_EFER = const vsm::ctx::EFER,
+    CTX_CR0 = const vsm::ctx::CR0,
+    CTX_CR3 = const vsm::ctx::CR3,
+    CTX_CR4 = const vsm::ctx::CR4,
+    CTX_PAT = const vsm::ctx::PAT,
+    ASSIST_ENTRY_REASON = const vsm::assist::ENTRY_REASON,
+    ASSIST_RET_RAX = const vsm::assist::RET_RAX,
+    ASSIST_RET_RCX = const vsm::assist::RET_RCX,
+    ASSIST_ENABLE = const vsm::assist::ENABLE,
+    VSM_RETURN_FAST = const vsm::RETURN_FAST,
+    VSM_INITIAL_RFLAGS = const vsm::INITIAL_RFLAGS,
+    VSM_TSS_BUSY = const vsm::TSS_BUSY,
+    MSR_EFER = const x86msr::EFER,
+    MSR_FS_BASE = const x86msr::FS_BASE,
+    MSR_GS_BASE = const x86msr::GS_BASE,
+    MSR_PAT = const x86msr::PAT,
+    HV_MSR_VP_ASSIST_PAGE = const crate::hyperv::msr::VP_ASSIST_PAGE,
+    HV_CALL_ENABLE_VP_VTL = const crate::hyperv::call::ENABLE_VP_VTL,
+    HV_CALL_VTL_CALL = const crate::hyperv::call::VTL_CALL,
+    HV_CALL_VTL_RETURN = const crate::hyperv::call::VTL_RETURN,
 );
 
 /// KVM hypercall number of the PV IPI (`KVM_HC_SEND_IPI` in include/uapi/linux/kvm_para.h).
@@ -936,6 +1579,11 @@ extern "C" {
     static vtlkit_guest_fault_ud_insn: u8;
     static vtlkit_guest_fault_bad_stack: u8;
     static vtlkit_guest_fault_bad_stack_insn: u8;
+    static vtlkit_guest_vsm_vtl1: u8;
+    static vtlkit_guest_hcall_vmmcall: u8;
+    static vtlkit_guest_hcall_vmmcall_after: u8;
+    static vtlkit_guest_hcall_vmcall: u8;
+    static vtlkit_guest_hcall_vmcall_after: u8;
 }
 
 /// Size of one interrupt stub; vector v's handler is at `ISR_STUBS + v * ISR_STUB_SIZE`.
@@ -956,6 +1604,28 @@ pub enum Entry {
     /// Load RSP from ARGS[0], then execute UD2: the #UD cannot be delivered, which escalates
     /// to a #DF (tests that a broken stack is reported, not a triple fault).
     FaultBadStack,
+    /// The VTL1 side of VSM ([`vsm`]): where HvCallEnableVpVtl starts VTL1 and where it
+    /// comes back to after each VtlReturn. Never a vCPU's first RIP (VTL1 vCPUs get theirs
+    /// from the initial context VTL0 hands over).
+    VsmVtl1,
+}
+
+/// Offsets of the one hypercall instruction the VSM code uses
+/// (`vtlkit_guest_hcall_insn`): (the instruction, the one after it), for `vmmcall` (AMD) or
+/// `vmcall` (Intel). A faulting VtlCall reports the first; a VTL resumed after its VtlCall
+/// or VtlReturn continues at the second.
+pub fn hcall_insn_offsets(intel: bool) -> (u64, u64) {
+    if intel {
+        (
+            offset_of_symbol(&raw const vtlkit_guest_hcall_vmcall),
+            offset_of_symbol(&raw const vtlkit_guest_hcall_vmcall_after),
+        )
+    } else {
+        (
+            offset_of_symbol(&raw const vtlkit_guest_hcall_vmmcall),
+            offset_of_symbol(&raw const vtlkit_guest_hcall_vmmcall_after),
+        )
+    }
 }
 
 fn offset_of_symbol(sym: *const u8) -> u64 {
@@ -982,6 +1652,7 @@ pub fn entry_offset(e: Entry) -> u64 {
         Entry::HvMain => &raw const vtlkit_guest_hv_main,
         Entry::FaultUd => &raw const vtlkit_guest_fault_ud,
         Entry::FaultBadStack => &raw const vtlkit_guest_fault_bad_stack,
+        Entry::VsmVtl1 => &raw const vtlkit_guest_vsm_vtl1,
     };
     offset_of_symbol(sym)
 }
@@ -1018,6 +1689,14 @@ mod tests {
         assert_eq!(stubs % 16, 0);
         assert!(stubs + 256 * ISR_STUB_SIZE <= c.len() as u64);
         const { assert!(pcpu::SIZE <= pcpu::TSS) };
+        const { assert!(pcpu::SIZE <= pcpu::VSM_REGS) };
+        const { assert!(pcpu::VSM_REGS + vsm::regs::SIZE <= pcpu::TSS) };
+        const { assert!(vsm::block::V0_GS_BASE + 8 <= vsm::block::SIZE) };
+        const { assert!(vsm::block::V1_SEEN == vsm::block::IN + vsm::regs::SIZE) };
+        const { assert!(vsm::block::V0_SEEN + vsm::regs::SIZE <= vsm::block::V0_RSP_BEFORE) };
+        const { assert!(vsm::block::V1_OUT + vsm::regs::SIZE <= vsm::block::V0_SEEN) };
+        const { assert!(hvprog::VP_CTX_TR_BASE + 8 <= hvprog::ENTRY_SIZE) };
+        assert!(entry_offset(Entry::VsmVtl1) < c.len() as u64);
         const { assert!(pcpu::TSS + pcpu::TSS_SIZE + 0x400 <= pcpu::IST_STACK_TOP) };
         const { assert!(pcpu::IST_STACK_TOP <= 4096) };
     }

@@ -58,6 +58,8 @@ pub mod msr {
     pub const HYPERCALL: u32 = 0x4000_0001;
     /// `HV_X64_MSR_VP_INDEX`: guest read-only, host-writable.
     pub const VP_INDEX: u32 = 0x4000_0002;
+    /// `HV_X64_MSR_VP_ASSIST_PAGE`: bit 0 enable, page GPA in 63:12 (private per VTL).
+    pub const VP_ASSIST_PAGE: u32 = 0x4000_0073;
     /// `HV_X64_MSR_SCONTROL`: bit 0 enables the SynIC.
     pub const SCONTROL: u32 = 0x4000_0080;
     /// `HV_X64_MSR_SINT0`; SINTn is `SINT0 + n`.
@@ -91,6 +93,8 @@ pub mod call {
     pub const SEND_IPI_EX: u16 = 0x0015;
     /// HvCallGetVpRegisters (rep).
     pub const GET_VP_REGISTERS: u16 = 0x0050;
+    /// HvCallPostMessage (KVM forwards it to userspace when the caller's SynIC is active).
+    pub const POST_MESSAGE: u16 = 0x005c;
     /// HvCallSetVpRegisters (rep).
     pub const SET_VP_REGISTERS: u16 = 0x0051;
 }
@@ -236,18 +240,13 @@ pub fn merge_hv_cpuid(base: &CpuId, hv: &CpuId) -> Result<CpuId> {
 
 /// Whether the kernel offers `KVM_CAP_HYPERV_VSM` (series v3).
 pub fn vsm_supported(kvm: &Kvm) -> bool {
-    kvm.check_extension_raw(libc::c_ulong::from(raw::KVM_CAP_HYPERV_VSM)) > 0
+    vtlkit_uapi::hyperv_vsm_supported(kvm)
 }
 
-/// `KVM_ENABLE_CAP(KVM_CAP_HYPERV_VSM)` on the VM: the VSM hypercalls and cross-VTL IPIs exit to
-/// userspace. A private helper until `vtlkit_uapi::enable_hyperv_vsm` (branch vtl-sm) lands.
+/// `KVM_ENABLE_CAP(KVM_CAP_HYPERV_VSM)` on the VM ([`vtlkit_uapi::enable_hyperv_vsm`]): the VSM
+/// hypercalls and cross-VTL IPIs exit to userspace.
 pub fn enable_vsm(vm: &VmFd) -> Result<()> {
-    let cap = kvm_enable_cap {
-        cap: raw::KVM_CAP_HYPERV_VSM,
-        ..Default::default()
-    };
-    vm.enable_cap(&cap)
-        .map_err(|e| anyhow!("KVM_ENABLE_CAP(KVM_CAP_HYPERV_VSM): {e}"))
+    vtlkit_uapi::enable_hyperv_vsm(vm).map_err(|e| anyhow!("{e} (errno {})", e.errno()))
 }
 
 /// `KVM_ENABLE_CAP(KVM_CAP_HYPERV_SYNIC2)` on a vCPU: its SynIC becomes active (SINT routes
@@ -543,6 +542,49 @@ pub enum Step {
     /// ([`crate::vm::TestVm::set_pcpu`]`(i, pcpu::GO, token)`): lets the test order the
     /// steps of several vCPUs.
     Gate(u64),
+    /// VSM: a VtlCall with the registers of the round-trip block at this GPA
+    /// ([`crate::guest::vsm::block`]; [`crate::vp::VsmVm::write_round`] fills it).
+    VtlCall {
+        /// GPA of the block.
+        block: u64,
+    },
+    /// VSM: HvCallEnableVpVtl of this VP, the initial context built by the guest from its own
+    /// state ([`crate::guest::hvprog::ENABLE_VP_VTL`]); [`crate::vp::VsmVm::enable_vp_vtl`]
+    /// fills in the new VTL's values.
+    EnableVpVtl(EnableVpVtl),
+    /// Benchmark: `count` VtlCalls in a row.
+    VtlCallLoop(u64),
+    /// Benchmark: `count` times the same hypercall, each must return HV_STATUS_SUCCESS.
+    HcallLoop {
+        /// Control word (RCX).
+        control: u64,
+        /// RDX.
+        rdx: u64,
+        /// R8.
+        r8: u64,
+        /// How many.
+        count: u64,
+    },
+}
+
+/// What [`Step::EnableVpVtl`] hands the guest: where the input block goes and the new VTL's
+/// own values; the rest of the initial context is the calling VTL's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EnableVpVtl {
+    /// GPA of the page the guest builds the input block in.
+    pub input: u64,
+    /// TargetVtl.
+    pub vtl: u8,
+    /// RIP of the new VTL.
+    pub rip: u64,
+    /// RSP of the new VTL.
+    pub rsp: u64,
+    /// GS base of the new VTL.
+    pub gs_base: u64,
+    /// TR base of the new VTL.
+    pub tr_base: u64,
+    /// CR3 of the new VTL; `None`: the caller's.
+    pub cr3: Option<u64>,
 }
 
 /// A guest's hypercall program.
@@ -672,6 +714,40 @@ pub(crate) fn load(mem: &GuestMem, index: usize, prog: &Program) -> Result<Loade
                 rdxs.push(0);
                 w(hvprog::KIND, hvprog::GATE)?;
                 w(hvprog::A0, *token)?;
+            }
+            Step::VtlCall { block } => {
+                rdxs.push(0);
+                w(hvprog::KIND, hvprog::VTL_CALL)?;
+                w(hvprog::A0, *block)?;
+            }
+            Step::EnableVpVtl(e) => {
+                rdxs.push(e.input);
+                w(hvprog::KIND, hvprog::ENABLE_VP_VTL)?;
+                w(hvprog::A0, e.input)?;
+                w(hvprog::A1, e.vtl.into())?;
+                w(hvprog::VP_CTX_RIP, e.rip)?;
+                w(hvprog::VP_CTX_RSP, e.rsp)?;
+                w(hvprog::VP_CTX_GS_BASE, e.gs_base)?;
+                w(hvprog::VP_CTX_CR3, e.cr3.unwrap_or(0))?;
+                w(hvprog::VP_CTX_TR_BASE, e.tr_base)?;
+            }
+            Step::VtlCallLoop(count) => {
+                rdxs.push(0);
+                w(hvprog::KIND, hvprog::VTL_CALL_LOOP)?;
+                w(hvprog::LOOP_COUNT, *count)?;
+            }
+            Step::HcallLoop {
+                control,
+                rdx,
+                r8,
+                count,
+            } => {
+                rdxs.push(*rdx);
+                w(hvprog::KIND, hvprog::HCALL_LOOP)?;
+                w(hvprog::CONTROL, *control)?;
+                w(hvprog::RDX, *rdx)?;
+                w(hvprog::R8, *r8)?;
+                w(hvprog::LOOP_COUNT, *count)?;
             }
         }
         entries.push(e);

@@ -13,10 +13,14 @@
 //! * [`stats`]: KVM's binary statistics (`KVM_GET_STATS_FD`) by name;
 //! * [`hyperv`]: Hyper-V in test VMs: CPUID leaves, VP indexes, `KVM_CAP_HYPERV_VSM` and
 //!   SynIC, hypercall programs the guest runs, `KVM_EXIT_HYPERV` handed to the test, SINT
-//!   routes (its module documentation walks through a Hyper-V test).
+//!   routes (its module documentation walks through a Hyper-V test);
+//! * [`vp`]: VPs made of VTL sibling vCPUs, one thread per VP running the sibling the uapi
+//!   crate's VTL state machine says is active (VSM: VtlCall/VtlReturn, cross-VTL IPIs), with
+//!   the round-trip blocks the VSM guest code reads and writes.
 
 pub mod guest;
 pub mod harness;
 pub mod hyperv;
 pub mod stats;
 pub mod vm;
+pub mod vp;

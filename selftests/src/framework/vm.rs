@@ -850,7 +850,7 @@ impl TestVm {
         loop {
             match run_once(vcpu, &mem, handler.as_ref())? {
                 Step::Ucall(u) => return Ok(u),
-                Step::Interrupted => continue,
+                Step::Interrupted | Step::Hyperv => continue,
             }
         }
     }
@@ -889,18 +889,31 @@ fn check_fits(len: u64, max: u64, what: &str) -> Result<()> {
 }
 
 /// What one KVM_RUN gave.
-enum Step {
+pub(crate) enum Step {
     Ucall(Ucall),
     /// KVM_RUN returned EINTR/EAGAIN (a kick), or an exit was handled: run again.
     Interrupted,
+    /// A `KVM_EXIT_HYPERV`, left in the vCPU's `kvm_run` for the caller ([`run_once_raw`]
+    /// only).
+    Hyperv,
 }
 
 /// One KVM_RUN. Decodes ucalls; PRINT is printed here and reported as `Interrupted` (the caller
-/// just runs again); every other exit is an error that says what the guest did.
+/// just runs again); `KVM_EXIT_HYPERV` goes to `handler`; every other exit is an error that says
+/// what the guest did.
 fn run_once(vcpu: &mut Vcpu, mem: &GuestMem, handler: Option<&HypervHandler>) -> Result<Step> {
+    match run_once_raw(vcpu, mem)? {
+        Step::Hyperv => handle_hyperv(vcpu, handler),
+        other => Ok(other),
+    }
+}
+
+/// [`run_once`] without the Hyper-V handling: a `KVM_EXIT_HYPERV` is returned as
+/// [`Step::Hyperv`] (the VP runner, [`crate::vp`], answers it with the VTL state machine).
+pub(crate) fn run_once_raw(vcpu: &mut Vcpu, mem: &GuestMem) -> Result<Step> {
     let id = vcpu.id;
     let (port, data) = match vcpu.fd.run() {
-        Ok(VcpuExit::Hyperv) => return handle_hyperv(vcpu, handler),
+        Ok(VcpuExit::Hyperv) => return Ok(Step::Hyperv),
         Ok(VcpuExit::IoOut(port, data)) => {
             let mut d = [0u8; 4];
             let n = data.len().min(4);
@@ -1022,13 +1035,13 @@ impl RunShared {
 
 /// The signal used to kick a vCPU thread out of KVM_RUN (the handler does nothing; the point
 /// is that KVM_RUN returns EINTR).
-fn kick_signal() -> libc::c_int {
+pub(crate) fn kick_signal() -> libc::c_int {
     libc::SIGUSR1
 }
 
 extern "C" fn kick_handler(_: libc::c_int) {}
 
-fn install_kick_handler() {
+pub(crate) fn install_kick_handler() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // SAFETY: a zeroed sigaction is a valid starting point; we install a handler that does
@@ -1052,7 +1065,7 @@ fn vcpu_thread(
     let index = vcpu.index;
     while !sh.stop.load(Ordering::SeqCst) {
         match run_once(&mut vcpu, &mem, handler.as_ref()) {
-            Ok(Step::Interrupted) => {}
+            Ok(Step::Interrupted | Step::Hyperv) => {}
             Ok(Step::Ucall(u)) => {
                 let last = !matches!(u, Ucall::Sync { .. });
                 sh.push(index, Ok(u));

@@ -15,4 +15,5 @@ pub mod basic;
 pub mod fuzz;
 pub mod hyperv;
 pub mod nested;
+pub mod vsm;
 pub mod vtlctl;

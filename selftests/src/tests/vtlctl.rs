@@ -3,6 +3,7 @@
 //! a user can hit on a real system (no /dev/kvm, no permission, debugfs not mounted, a VM that
 //! went away).
 
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -19,6 +20,11 @@ pub const TESTS: &[Test] = &[
         name: "vtlctl_demo_show",
         about: "`vtlctl demo` VTL siblings read back by `vtlctl show/ps --json`: every field as set up",
         run: vtlctl_demo_show,
+    },
+    Test {
+        name: "vtlctl_vcpu_stats",
+        about: "`vtlctl show` reads per-vCPU hv_vtl_exits from another process: N forwarded VtlCalls, `-` and why for a vCPU without a stats fd",
+        run: vtlctl_vcpu_stats,
     },
     Test {
         name: "vtlctl_caps",
@@ -262,4 +268,263 @@ fn is_root() -> bool {
                 .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
         })
         .unwrap_or(false)
+}
+
+/// `KVM_CAP_HYPERV_VSM` (uapi/include/linux/kvm.h; not bindgen'd on this branch).
+const KVM_CAP_HYPERV_VSM: u32 = 240;
+/// Hyper-V's guest OS ID MSR: hypercalls work once the guest wrote it non-zero.
+const HV_X64_MSR_GUEST_OS_ID: u32 = 0x4000_0000;
+/// HvCallVtlCall, which KVM forwards to userspace with KVM_CAP_HYPERV_VSM.
+const HVCALL_VTL_CALL: u64 = 0x11;
+/// The guest reports "done" with an OUT to this port.
+const DONE_PORT: u16 = 0x10;
+/// Where the guest code goes (guest-physical = linear: flat segments, no paging).
+const CODE_GPA: u64 = 0x1000;
+const MEM_SIZE: usize = 0x10000;
+
+/// 32-bit protected-mode guest code (Hyper-V's 32-bit hypercall convention: EDX:EAX input,
+/// EBX:ECX input GPA, EDI:ESI output GPA): write HV_X64_MSR_GUEST_OS_ID = 1, then EBP times
+/// VtlCall, then OUT to DONE_PORT.
+fn vtl_call_code(intel: bool) -> Vec<u8> {
+    let mut c = vec![
+        0xb9, // mov ecx, HV_X64_MSR_GUEST_OS_ID
+    ];
+    c.extend_from_slice(&HV_X64_MSR_GUEST_OS_ID.to_le_bytes());
+    c.extend_from_slice(&[
+        0xb8, 0x01, 0x00, 0x00, 0x00, // mov eax, 1
+        0x31, 0xd2, // xor edx, edx
+        0x0f, 0x30, // wrmsr
+    ]);
+    let top = c.len();
+    c.extend_from_slice(&[0xb8, HVCALL_VTL_CALL as u8, 0, 0, 0]); // mov eax, HvCallVtlCall
+    c.extend_from_slice(&[0x31, 0xd2, 0x31, 0xc9, 0x31, 0xdb]); // xor edx/ecx/ebx
+    c.extend_from_slice(if intel {
+        &[0x0f, 0x01, 0xc1] // vmcall
+    } else {
+        &[0x0f, 0x01, 0xd9] // vmmcall
+    });
+    c.push(0x4d); // dec ebp
+    let back = top as i64 - (c.len() as i64 + 2);
+    c.extend_from_slice(&[0x75, back as i8 as u8]); // jnz top
+    c.extend_from_slice(&[0xe6, DONE_PORT as u8, 0xf4]); // out DONE_PORT, al; hlt
+    c
+}
+
+fn host_is_intel() -> bool {
+    let r = std::arch::x86_64::__cpuid(0);
+    let mut v = Vec::new();
+    for x in [r.ebx, r.edx, r.ecx] {
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v == b"GenuineIntel"
+}
+
+/// Anonymous guest memory, unmapped on drop.
+struct Mem(*mut libc::c_void);
+
+impl Drop for Mem {
+    fn drop(&mut self) {
+        // SAFETY: self.0 is a mapping of MEM_SIZE bytes this struct owns.
+        unsafe { libc::munmap(self.0, MEM_SIZE) };
+    }
+}
+
+fn flat_segment(selector: u16, type_: u8) -> kvm_bindings::kvm_segment {
+    kvm_bindings::kvm_segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector,
+        type_,
+        present: 1,
+        dpl: 0,
+        db: 1,
+        s: 1,
+        l: 0,
+        g: 1,
+        ..Default::default()
+    }
+}
+
+fn vtlctl_vcpu_stats() -> TestResult {
+    require!(
+        is_root(),
+        "vtlctl reads other processes' KVM fds as root only"
+    );
+    const CALLS: u64 = 5;
+    let kvm = Kvm::new().map_err(|e| anyhow!("open /dev/kvm: {e}"))?;
+    require!(
+        kvm.check_extension_raw(u64::from(KVM_CAP_HYPERV_VSM)) > 0,
+        "KVM_CAP_HYPERV_VSM not supported"
+    );
+    // KVM names the VM's debugfs directory after the creating thread.
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    let vm = kvm.create_vm().context("KVM_CREATE_VM")?;
+    let name = format!("{tid}-{}", vm.as_raw_fd());
+    vm.enable_cap(&kvm_bindings::kvm_enable_cap {
+        cap: KVM_CAP_HYPERV_VSM,
+        ..Default::default()
+    })
+    .context("enabling KVM_CAP_HYPERV_VSM")?;
+
+    // SAFETY: a fresh anonymous private mapping; nothing else uses its address range.
+    let host = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            MEM_SIZE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    check!(host != libc::MAP_FAILED, "mmap guest memory");
+    let mem = Mem(host);
+    let code = vtl_call_code(host_is_intel());
+    // SAFETY: the mapping is MEM_SIZE bytes long and CODE_GPA + code.len() fits in it.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            code.as_ptr(),
+            mem.0.cast::<u8>().add(CODE_GPA as usize),
+            code.len(),
+        )
+    };
+    let region = kvm_bindings::kvm_userspace_memory_region {
+        slot: 0,
+        guest_phys_addr: 0,
+        memory_size: MEM_SIZE as u64,
+        userspace_addr: mem.0 as u64,
+        flags: 0,
+    };
+    // SAFETY: the region is backed by `mem`, which outlives the VM (dropped after it).
+    unsafe { vm.set_user_memory_region(region) }.context("KVM_SET_USER_MEMORY_REGION")?;
+
+    let mut vcpu = vm.create_vcpu(0).context("KVM_CREATE_VCPU 0")?;
+    // vCPU 1 never runs, and nobody keeps a stats fd of it.
+    let _idle = vm.create_vcpu(1).context("KVM_CREATE_VCPU 1")?;
+    let mut cpuid = kvm_bindings::CpuId::new(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .map_err(|e| anyhow!("CpuId: {e:?}"))?;
+    let nr = libc::c_ulong::from(vtlkit_uapi::raw::VTLKIT_KVM_GET_SUPPORTED_HV_CPUID);
+    // SAFETY: KVM_GET_SUPPORTED_HV_CPUID fills at most `nent` entries of the live kvm_cpuid2
+    // it is given and updates `nent`.
+    let r = unsafe {
+        vmm_sys_util::ioctl::ioctl_with_mut_ptr(&vcpu, nr, cpuid.as_mut_fam_struct_ptr())
+    };
+    check!(
+        r == 0,
+        "KVM_GET_SUPPORTED_HV_CPUID: {}",
+        std::io::Error::last_os_error()
+    );
+    vcpu.set_cpuid2(&cpuid)
+        .context("KVM_SET_CPUID2 (Hyper-V leaves)")?;
+    let mut sregs = vcpu.get_sregs().context("KVM_GET_SREGS")?;
+    sregs.cs = flat_segment(0x08, 0xb);
+    for s in [
+        &mut sregs.ds,
+        &mut sregs.es,
+        &mut sregs.fs,
+        &mut sregs.gs,
+        &mut sregs.ss,
+    ] {
+        *s = flat_segment(0x10, 0x3);
+    }
+    sregs.cr0 |= 1; // PE
+    vcpu.set_sregs(&sregs).context("KVM_SET_SREGS")?;
+    vcpu.set_regs(&kvm_bindings::kvm_regs {
+        rip: CODE_GPA,
+        rflags: 2,
+        rbp: CALLS,
+        ..Default::default()
+    })
+    .context("KVM_SET_REGS")?;
+    // The VMM (this process) keeps vCPU 0's stats fd open: that is what vtlctl reads.
+    let own = crate::stats::Stats::open(&vcpu).context("KVM_GET_STATS_FD on vCPU 0")?;
+
+    let mut forwarded = 0u64;
+    loop {
+        match vcpu.run().context("KVM_RUN")? {
+            kvm_ioctls::VcpuExit::Hyperv => {
+                let run = vcpu.get_kvm_run();
+                // SAFETY: exit_reason is KVM_EXIT_HYPERV, so `hyperv` is the live union member;
+                // for type KVM_EXIT_HYPERV_HCALL so is `u.hcall`.
+                let hv = unsafe { &mut run.__bindgen_anon_1.hyperv };
+                check_eq!(
+                    hv.type_,
+                    kvm_bindings::KVM_EXIT_HYPERV_HCALL,
+                    "Hyper-V exit type"
+                );
+                // SAFETY: see above.
+                let hcall = unsafe { &mut hv.u.hcall };
+                check_eq!(hcall.input & 0xffff, HVCALL_VTL_CALL, "forwarded hypercall");
+                hcall.result = 0; // HV_STATUS_SUCCESS
+                forwarded += 1;
+                check!(forwarded <= CALLS, "more than {CALLS} hypercalls forwarded");
+            }
+            kvm_ioctls::VcpuExit::IoOut(DONE_PORT, _) => break,
+            e => return Err(anyhow!("unexpected exit {e:?} after {forwarded} VtlCalls")),
+        }
+    }
+    check_eq!(forwarded, CALLS, "VtlCalls forwarded to userspace");
+    check_eq!(
+        own.get("hv_vtl_exits")?,
+        CALLS,
+        "hv_vtl_exits seen by the VMM itself"
+    );
+
+    // vtlctl, another process, reads the same value through the VMM's stats fd.
+    let out = vtlctl(&["show", "--json", &name, "--stat", "exits"])?;
+    let err = text(&out.stderr);
+    let doc = json(&out, "vtlctl show --json --stat exits")?;
+    let vcpus = &doc["vms"][0]["vcpus"];
+    check_eq!(
+        vcpus[0]["stats"]["hv_vtl_exits"],
+        CALLS,
+        "vCPU 0 hv_vtl_exits: {doc}"
+    );
+    let exits = vcpus[0]["stats"]["exits"].as_u64().unwrap_or(0);
+    check!(exits >= CALLS, "vCPU 0 exits {exits} < {CALLS}: {doc}");
+    check_eq!(
+        vcpus[1]["stats"]["hv_vtl_exits"],
+        Value::Null,
+        "vCPU 1: {doc}"
+    );
+    // Why vCPU 1 has none, said once: KVM refuses KVM_GET_STATS_FD from another process.
+    check!(
+        err.lines().filter(|l| l.contains("vCPU 1:")).count() == 1
+            && err.contains("holds no stats fd")
+            && err.contains("os error 5"),
+        "stderr does not say why vCPU 1 has no statistics: {err}"
+    );
+    check_eq!(
+        doc["vms"][0]["counters"]["hv_vtl_exits"],
+        CALLS,
+        "VM-wide (debugfs) hv_vtl_exits"
+    );
+    // The table: a column, `-` where unreadable.
+    let out = vtlctl(&["show", &name])?;
+    let t = text(&out.stdout);
+    let rows: Vec<Vec<&str>> = t
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|r| r.first() == Some(&name.as_str()))
+        .collect();
+    check!(
+        t.lines()
+            .next()
+            .is_some_and(|h| h.ends_with("HV_VTL_EXITS")),
+        "no HV_VTL_EXITS column: {t}"
+    );
+    let five = CALLS.to_string();
+    check_eq!(rows.len(), 2, "rows: {t}");
+    check_eq!(
+        rows[0].last().copied(),
+        Some(five.as_str()),
+        "vCPU 0 row: {t}"
+    );
+    check_eq!(rows[1].last().copied(), Some("-"), "vCPU 1 row: {t}");
+    // A name KVM does not have is bad usage, named.
+    let out = vtlctl(&["show", &name, "--stat", "no_such_stat"])?;
+    expect_fail(&out, 2, "no_such_stat", "show --stat no_such_stat")?;
+    drop(own);
+    Ok(Outcome::Pass)
 }

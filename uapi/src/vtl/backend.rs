@@ -53,6 +53,13 @@ pub trait VtlVcpu {
     /// pending. Needed before the state machine rewrites the RIP of a parked vCPU, which the
     /// pending completion would otherwise move again.
     fn complete_pending(&mut self) -> io::Result<()>;
+    /// Write `result` into the HCALL exit this vCPU is parked in (`hyperv.u.hcall.result` in
+    /// its `kvm_run`), which KVM hands to the guest when it completes the hypercall. KVM writes
+    /// it to RAX, except a VtlCall/VtlReturn completed with `HV_STATUS_SUCCESS`, whose RAX it
+    /// leaves alone. The field is never cleared by KVM: it holds the answer to this vCPU's
+    /// previous forwarded hypercall until written, so the state machine writes it for every
+    /// switch and #UD it decides. A no-op when `kvm_run` holds no HCALL exit.
+    fn set_pending_result(&mut self, result: u64) -> io::Result<()>;
 }
 
 fn errno(e: kvm_ioctls::Error) -> io::Error {
@@ -146,6 +153,10 @@ impl VtlVcpu for VcpuFd {
             Err(e) => Err(e),
         }
     }
+    fn set_pending_result(&mut self, result: u64) -> io::Result<()> {
+        super::exit::set_hcall_result(self.get_kvm_run(), result);
+        Ok(())
+    }
 }
 
 fn poisoned() -> io::Error {
@@ -198,6 +209,11 @@ impl<T: VtlVcpu> VtlVcpu for Arc<Mutex<T>> {
     }
     fn complete_pending(&mut self) -> io::Result<()> {
         self.lock().map_err(|_| poisoned())?.complete_pending()
+    }
+    fn set_pending_result(&mut self, result: u64) -> io::Result<()> {
+        self.lock()
+            .map_err(|_| poisoned())?
+            .set_pending_result(result)
     }
 }
 

@@ -101,6 +101,7 @@
 //! | non-zero reserved input fields, `HV_INPUT_VTL` bits 7:5 (VSM calls) | `HV_STATUS_INVALID_PARAMETER` |
 //! | the same in the IPI calls, and IPI vectors outside 0x10..=0xff | `HV_STATUS_INVALID_HYPERCALL_INPUT`, as the kernel answers same-VTL IPIs |
 //! | VtlCall with RAX != 0, other control bits, or no higher VTL enabled on the VP; VtlReturn with RAX bits other than 0, other control bits, or from the lowest enabled VTL | #UD queued on the caller at the hypercall instruction (TLFS); [`Outcome::Exception`] |
+//! | a VtlCall/VtlReturn that switches, or gets #UD | the caller's exit result is set to `HV_STATUS_SUCCESS` ([`VtlVcpu::set_pending_result`]): KVM keeps `hcall.result` from the vCPU's previous forwarded hypercall and would write a stale failure status into RAX on completion |
 //! | VtlReturn's fast flag | bit 0 of the caller's **RAX** (the TLFS VTL-switch input register, as in OpenVMM), not of RCX, whose bits 15:0 hold call code 0x12 |
 //! | non-fast VtlReturn with the returning VTL's VP assist page disabled or not in RAM | RAX/RCX are not restored (they keep the shared values) |
 //! | VtlCall into a VTL whose VP assist page is disabled or not in RAM | the entry reason is not written |
@@ -226,8 +227,9 @@ pub enum Outcome {
         result: u64,
     },
     /// The VP switched VTL: run the vCPU of `to` ([`Vp::active`]) next. The vCPU of `from` stays
-    /// parked with its hypercall completion pending; KVM finishes it (advancing RIP, writing no
-    /// RAX) when that vCPU next runs.
+    /// parked with its hypercall completion pending (its exit's result already set to
+    /// `HV_STATUS_SUCCESS` through [`VtlVcpu::set_pending_result`]); KVM finishes it (advancing
+    /// RIP, writing no RAX) when that vCPU next runs.
     Switched {
         /// The VTL that made the call.
         from: u8,
@@ -235,7 +237,8 @@ pub enum Outcome {
         to: u8,
     },
     /// The TLFS wants a fault: exception `vector` (#UD) is queued on the calling vCPU with RIP
-    /// at the hypercall instruction. Run the same vCPU again (nothing to write).
+    /// at the hypercall instruction, its RAX untouched. Run the same vCPU again (nothing to
+    /// write).
     Exception {
         /// The exception vector.
         vector: u8,

@@ -9,7 +9,7 @@
 use kvm_bindings::kvm_regs;
 
 use super::backend::{Env, VtlVcpu};
-use super::hv::{self, assist, Control};
+use super::hv::{self, assist, Control, HvStatus};
 use super::{vcpu_op, Outcome, Partition, VtlError};
 
 /// #UD.
@@ -37,6 +37,7 @@ impl<V: VtlVcpu> Partition<V> {
         let dst = sibling(vp, target)?;
         vcpu_op("KVM_SET_REGS", vp_index, target, dst.set_regs(&next))?;
         write_entry_reason(dst, vp_index, target, env, assist::ENTRY_REASON_VTL_CALL)?;
+        succeed_pending(vp, vp_index, vtl)?;
         park(vp, vtl, target);
         Ok(Outcome::Switched {
             from: vtl,
@@ -76,6 +77,7 @@ impl<V: VtlVcpu> Partition<V> {
         }
         let dst = sibling(vp, target)?;
         vcpu_op("KVM_SET_REGS", vp_index, target, dst.set_regs(&next))?;
+        succeed_pending(vp, vp_index, vtl)?;
         park(vp, vtl, target);
         Ok(Outcome::Switched {
             from: vtl,
@@ -95,6 +97,13 @@ impl<V: VtlVcpu> Partition<V> {
         let vcpu = vp.vcpus[usize::from(vtl)]
             .as_mut()
             .ok_or(VtlError::BadVtl(vtl))?;
+        // A stale failure status left in the exit would land in RAX on completion.
+        vcpu_op(
+            "set hcall.result",
+            vp_index,
+            vtl,
+            vcpu.set_pending_result(HvStatus::SUCCESS.result(0)),
+        )?;
         vcpu_op(
             "KVM_RUN(immediate_exit)",
             vp_index,
@@ -122,6 +131,25 @@ impl<V: VtlVcpu> Partition<V> {
 
 fn sibling<V>(vp: &super::Vp<V>, vtl: u8) -> Result<&V, VtlError> {
     vp.vcpu(vtl).ok_or(VtlError::BadVtl(vtl))
+}
+
+/// The VtlCall/VtlReturn `vtl` made succeeded: say so in its pending exit, so that KVM's
+/// completion leaves RAX alone (KVM writes any other status there, and the exit still holds
+/// the answer to the vCPU's previous forwarded hypercall).
+fn succeed_pending<V: VtlVcpu>(
+    vp: &mut super::Vp<V>,
+    vp_index: u32,
+    vtl: u8,
+) -> Result<(), VtlError> {
+    let caller = vp.vcpus[usize::from(vtl)]
+        .as_mut()
+        .ok_or(VtlError::BadVtl(vtl))?;
+    vcpu_op(
+        "set hcall.result",
+        vp_index,
+        vtl,
+        caller.set_pending_result(HvStatus::SUCCESS.result(0)),
+    )
 }
 
 /// `from` parks in its hypercall (completion pending); `to` runs next, which completes its own.

@@ -27,6 +27,8 @@ struct State {
     events: kvm_vcpu_events,
     /// KVM has a hypercall completion pending for this vCPU.
     pending: bool,
+    /// `hyperv.u.hcall.result` in this vCPU's kvm_run: kept from exit to exit, as KVM does.
+    hcall_result: u64,
     completions: u32,
     set_sregs_calls: u32,
     refuse_sregs: bool,
@@ -61,6 +63,7 @@ impl Default for State {
             msrs,
             events: kvm_vcpu_events::default(),
             pending: false,
+            hcall_result: 0,
             completions: 0,
             set_sregs_calls: 0,
             refuse_sregs: false,
@@ -153,11 +156,19 @@ impl VtlVcpu for MockVcpu {
     fn complete_pending(&mut self) -> io::Result<()> {
         let mut s = self.st();
         if s.pending {
-            // vmcall/vmmcall are 3 bytes; KVM writes no RAX for 0x11/0x12.
+            // vmcall/vmmcall are 3 bytes; for 0x11/0x12 KVM writes RAX only when the result is
+            // a failure status (series v3, api.rst); these mocks only park in 0x11/0x12.
             s.regs.rip += 3;
+            if s.hcall_result & 0xffff != 0 {
+                s.regs.rax = s.hcall_result;
+            }
             s.pending = false;
             s.completions += 1;
         }
+        Ok(())
+    }
+    fn set_pending_result(&mut self, result: u64) -> io::Result<()> {
+        self.st().hcall_result = result;
         Ok(())
     }
 }
@@ -344,7 +355,13 @@ impl World {
             protections,
             siblings: &mut self.factory,
         };
-        self.p.handle_hypercall(&mut env, vp, vtl, &exit)
+        let r = self.p.handle_hypercall(&mut env, vp, vtl, &exit);
+        // The VMM writes a completion's status into the exit, where it stays (KVM never clears
+        // it) until the next one is written.
+        if let (Ok(Outcome::Complete { result }), Some(v)) = (&r, self.v.get(&(vp, vtl))) {
+            v.st().hcall_result = *result;
+        }
+        r
     }
 
     /// The status (and reps) the guest gets back.
@@ -914,6 +931,57 @@ fn round_trips_repeat() {
         );
         assert_eq!(w.vcpu(0, 0).st().regs.rdx, i + 100);
     }
+}
+
+/// Found on the real kernel by the VP runner's tests: KVM keeps `hcall.result` from the
+/// previous forwarded hypercall, and completes a VtlCall/VtlReturn whose result is a failure
+/// status by writing it to RAX. A VtlCall right after a denied IPI must not hand the caller
+/// that stale ACCESS_DENIED, neither on the switch nor on a #UD.
+#[test]
+fn switches_and_faults_clear_a_stale_failure_result() {
+    let mut w = World::new();
+    w.vtl1(false);
+    let (v0, v1) = (w.vcpu(0, 0), w.vcpu(0, 1));
+    v1.st().msrs.insert(hv::msr::VP_ASSIST_PAGE, ASSIST1 | 1);
+    // VTL0's IPI to VTL1 is denied: the exit now holds ACCESS_DENIED.
+    w.ram.put(IN, &ipi_input(0x40, 0x11, 1));
+    assert_eq!(
+        w.st(0, slow(code::SEND_SYNTHETIC_CLUSTER_IPI)),
+        HvStatus::ACCESS_DENIED
+    );
+    assert_eq!(v0.st().hcall_result, HvStatus::ACCESS_DENIED.result(0));
+    v0.st().regs.rax = 0;
+    assert_eq!(
+        w.call(0, vtl_call()).unwrap(),
+        Outcome::Switched { from: 0, to: 1 }
+    );
+    assert_eq!(v0.st().hcall_result, 0, "the parked VtlCall succeeded");
+    w.ram.put(ASSIST1 + 16, &0xaaaa_u64.to_le_bytes());
+    w.ram.put(ASSIST1 + 24, &0xcccc_u64.to_le_bytes());
+    v1.st().hcall_result = HvStatus::INVALID_PARAMETER.result(0);
+    v1.st().regs.rax = 0;
+    v1.st().regs.rcx = u64::from(code::VTL_RETURN);
+    assert_eq!(
+        w.call(0, vtl_return()).unwrap(),
+        Outcome::Switched { from: 1, to: 0 }
+    );
+    assert_eq!(v1.st().hcall_result, 0, "the parked VtlReturn succeeded");
+    // KVM_RUN of VTL0 completes its VtlCall: RAX stays what the VtlReturn restored.
+    w.vcpu(0, 0).complete_pending().unwrap();
+    let r = v0.st().regs;
+    assert_eq!((r.rax, r.rcx), (0xaaaa, 0xcccc));
+
+    // A #UD'd VtlCall (RAX != 0) after another denied IPI keeps its RAX too.
+    assert_eq!(
+        w.st(0, slow(code::SEND_SYNTHETIC_CLUSTER_IPI)),
+        HvStatus::ACCESS_DENIED
+    );
+    v0.st().regs.rax = 0x5555;
+    assert_eq!(
+        w.call(0, vtl_call()).unwrap(),
+        Outcome::Exception { vector: 6 }
+    );
+    assert_eq!(v0.st().regs.rax, 0x5555, "#UD leaves RAX alone");
 }
 
 fn assert_ud(w: &mut World, vp: u32, vtl: u8, exit: HcallExit) {

@@ -22,6 +22,11 @@
 //!   routing tables replace the model's, and `KVM_IRQ_LINE_STATUS` on a routed GSI must agree
 //!   with the route's group.
 //! * VMs are created and destroyed in the loop, sometimes while their vCPUs still run.
+//! * Series v3's Hyper-V uAPI ([`hv`]): VMs with the Hyper-V CPUID leaves, VP indexes shared by
+//!   siblings in different groups, SynICs, `KVM_CAP_HYPERV_VSM`, per-group GUEST_OS_ID and
+//!   HYPERCALL MSRs, `KVM_IRQ_ROUTING_HV_SINT` routes that name a group, and Hyper-V IPIs and
+//!   forwarded VSM hypercalls whose outcome (status, delivery, exit and answer) the model
+//!   predicts.
 //!
 //! Meanwhile started vCPUs run a nested guest ([`vtlkit_fuzz_guest_start`]) that picks random
 //! entries of a host-written table: fixed IPIs (physical, logical, shorthands, broadcast, lowest
@@ -76,6 +81,8 @@ use crate::guest::icr::{
 use crate::guest::{pcpu, prog, ucall, Entry};
 use crate::harness::{Outcome, Test, TestResult};
 use crate::vm::{lapic_bit, lapic_reg, layout, GuestMem, GuestRecord, Running, TestVm, VmOptions};
+
+mod hv;
 
 pub const TESTS: &[Test] = &[Test {
     name: "fuzz_apic_groups",
@@ -193,13 +200,14 @@ enum Call {
     GetLapic,
     SetLapic,
     SetMsrs,
+    GetMsrs,
     GetIrqchip,
     SetIrqchip,
     GetVcpuEvents,
     Run,
 }
 
-const CALLS: [(Call, &str); 16] = [
+const CALLS: [(Call, &str); 17] = [
     (Call::CreateVm, "KVM_CREATE_VM"),
     (Call::CreateVcpu, "KVM_CREATE_VCPU"),
     (Call::EnableCap, "KVM_ENABLE_CAP"),
@@ -212,6 +220,7 @@ const CALLS: [(Call, &str); 16] = [
     (Call::GetLapic, "KVM_GET_LAPIC"),
     (Call::SetLapic, "KVM_SET_LAPIC"),
     (Call::SetMsrs, "KVM_SET_MSRS"),
+    (Call::GetMsrs, "KVM_GET_MSRS"),
     (Call::GetIrqchip, "KVM_GET_IRQCHIP"),
     (Call::SetIrqchip, "KVM_SET_IRQCHIP"),
     (Call::GetVcpuEvents, "KVM_GET_VCPU_EVENTS"),
@@ -235,6 +244,22 @@ struct Stats {
     irqfd_writes: AtomicU64,
     /// Delivery probes that arrived: MSI, IPI, MSI route, level-triggered IOAPIC.
     probes: [AtomicU64; 4],
+    /// Hyper-V ([`hv`]): VMs with the Hyper-V CPUID, hypercalls asked of guests (IPIs, VSM
+    /// calls), IPI receptions waited for, exits answered, SINT probes raised and handled,
+    /// SINT routes in accepted tables, host MSR operations, KVM_CAP_HYPERV_VSM enables, and the
+    /// guests' background Hyper-V IPIs.
+    hv_vms: AtomicU64,
+    hv_calls: AtomicU64,
+    hv_ipis: AtomicU64,
+    hv_vsm_calls: AtomicU64,
+    hv_ipi_deliveries: AtomicU64,
+    hv_exits: AtomicU64,
+    sint_raises: AtomicU64,
+    sint_deliveries: AtomicU64,
+    sint_routes: AtomicU64,
+    hv_msr_ops: AtomicU64,
+    vsm_enables: AtomicU64,
+    hv_bg_ipis: AtomicU64,
 }
 
 impl Stats {
@@ -298,7 +323,14 @@ mod fz {
     pub const SLEEPS: u64 = BASE + 0x60;
     pub const SVR_TOGGLES: u64 = BASE + 0x68;
     pub const LDR_WRITES: u64 = BASE + 0x70;
-    pub const END: u64 = BASE + 0x78;
+    /// Input: GPA of a Hyper-V hypercall request (a [`crate::guest::hvprog`] entry: control,
+    /// RDX, R8, RAX, XMM0..5 in; RAX and RCX out); the guest clears it once the call returned.
+    pub const HV_REQ: u64 = BASE + 0x78;
+    /// Output: background Hyper-V IPIs sent, those that did not return 0, the last such RAX.
+    pub const HV_SENT: u64 = BASE + 0x80;
+    pub const HV_FAILS: u64 = BASE + 0x88;
+    pub const HV_RET: u64 = BASE + 0x90;
+    pub const END: u64 = BASE + 0x98;
 }
 const _: () = assert!(pcpu::SIZE <= fz::BASE && fz::END <= pcpu::TSS);
 
@@ -312,6 +344,9 @@ mod kind {
     pub const SVR: u64 = 0x12;
     /// xAPIC only: DFR = a0, LDR = a1.
     pub const LDR: u64 = 0x13;
+    /// A Hyper-V hypercall (`vmmcall`) with RCX = a0, RDX = a1, R8 = a2, RAX = a3, which must
+    /// return 0 (background Hyper-V IPIs).
+    pub const HV_IPI: u64 = 0x14;
 }
 
 /// Where the fuzz guest's code goes in guest memory.
@@ -344,6 +379,34 @@ vtlkit_fuzz_guest_start:
     test rbx, rbx
     jz .Lfz_idle
 .Lfz_loop:
+    // A Hyper-V hypercall asked by the host: run it once, record RAX and RCX, clear the request.
+    mov rax, gs:[{FZ_HV_REQ}]
+    test rax, rax
+    jz .Lfz_probe
+    push rbx
+    mov rbx, rax
+    movdqu xmm0, [rbx + {HVPROG_XMM}]
+    movdqu xmm1, [rbx + {HVPROG_XMM} + 16]
+    movdqu xmm2, [rbx + {HVPROG_XMM} + 32]
+    movdqu xmm3, [rbx + {HVPROG_XMM} + 48]
+    movdqu xmm4, [rbx + {HVPROG_XMM} + 64]
+    movdqu xmm5, [rbx + {HVPROG_XMM} + 80]
+    mov rcx, [rbx + {HVPROG_CONTROL}]
+    mov rdx, [rbx + {HVPROG_RDX}]
+    mov r8, [rbx + {HVPROG_R8}]
+    mov rax, [rbx + {HVPROG_RAX_IN}]
+    cmp qword ptr gs:[{PCPU_HYPERCALL_VMCALL}], 0
+    jne .Lfz_hv_intel
+    vmmcall
+    jmp .Lfz_hv_ret
+.Lfz_hv_intel:
+    vmcall
+.Lfz_hv_ret:
+    mov [rbx + {HVPROG_RESULT}], rax
+    mov [rbx + {HVPROG_RCX_OUT}], rcx
+    pop rbx
+    mov qword ptr gs:[{FZ_HV_REQ}], 0
+.Lfz_probe:
     // A delivery probe from the host: one fixed IPI, then clear the request.
     mov rsi, gs:[{FZ_PROBE_ICR}]
     test rsi, rsi
@@ -450,13 +513,34 @@ vtlkit_fuzz_guest_start:
     jmp .Lfz_done
 .Lfz_not_svr:
     cmp rax, {KIND_LDR}
-    jne .Lfz_loop                           // unknown kind: pick again
+    jne .Lfz_not_ldr
     mov eax, 0xfee00000
     mov rdx, [r14 + 8]
     mov dword ptr [rax + 0xe0], edx         // DFR
     mov rdx, [r14 + 16]
     mov dword ptr [rax + 0xd0], edx         // LDR
     lock inc qword ptr gs:[{FZ_LDR_WRITES}]
+    jmp .Lfz_done
+.Lfz_not_ldr:
+    cmp rax, {KIND_HV_IPI}
+    jne .Lfz_loop                           // unknown kind: pick again
+    pxor xmm0, xmm0                         // fast Ex: no sparse banks (var_cnt 0)
+    mov rcx, [r14 + 8]
+    mov rdx, [r14 + 16]
+    mov r8, [r14 + 24]
+    mov rax, [r14 + 32]
+    cmp qword ptr gs:[{PCPU_HYPERCALL_VMCALL}], 0
+    jne .Lfz_hvb_intel
+    vmmcall
+    jmp .Lfz_hvb_ret
+.Lfz_hvb_intel:
+    vmcall
+.Lfz_hvb_ret:
+    lock inc qword ptr gs:[{FZ_HV_SENT}]
+    test rax, rax
+    jz .Lfz_done
+    mov gs:[{FZ_HV_RET}], rax
+    lock inc qword ptr gs:[{FZ_HV_FAILS}]
 .Lfz_done:
     lock inc qword ptr gs:[{FZ_SENT}]
     jmp .Lfz_loop
@@ -489,6 +573,17 @@ vtlkit_fuzz_guest_end:
     FZ_SLEEPS = const fz::SLEEPS,
     FZ_SVR_TOGGLES = const fz::SVR_TOGGLES,
     FZ_LDR_WRITES = const fz::LDR_WRITES,
+    FZ_HV_REQ = const fz::HV_REQ,
+    FZ_HV_SENT = const fz::HV_SENT,
+    FZ_HV_FAILS = const fz::HV_FAILS,
+    FZ_HV_RET = const fz::HV_RET,
+    HVPROG_XMM = const crate::guest::hvprog::XMM,
+    HVPROG_CONTROL = const crate::guest::hvprog::CONTROL,
+    HVPROG_RDX = const crate::guest::hvprog::RDX,
+    HVPROG_R8 = const crate::guest::hvprog::R8,
+    HVPROG_RAX_IN = const crate::guest::hvprog::RAX_IN,
+    HVPROG_RESULT = const crate::guest::hvprog::RESULT,
+    HVPROG_RCX_OUT = const crate::guest::hvprog::RCX_OUT,
     STAGE_APIC_READY = const ucall::STAGE_APIC_READY,
     PCPU_APIC_ID_READ = const pcpu::APIC_ID_READ,
     PCPU_LDR_READ = const pcpu::LDR_READ,
@@ -504,6 +599,7 @@ vtlkit_fuzz_guest_end:
     KIND_SLEEP = const kind::SLEEP,
     KIND_SVR = const kind::SVR,
     KIND_LDR = const kind::LDR,
+    KIND_HV_IPI = const kind::HV_IPI,
     KVM_HC_KICK_CPU = const crate::guest::KVM_HC_KICK_CPU,
 );
 
@@ -565,9 +661,14 @@ mod vector {
     pub const PROBE_MSI: u8 = 0xd0;
     pub const PROBE_IPI: u8 = 0xd1;
     pub const PROBE_ROUTE: u8 = 0xd2;
-    pub const PROBES: [u8; 3] = [PROBE_MSI, PROBE_IPI, PROBE_ROUTE];
+    /// The SINT probe (Hyper-V SynIC, series v3).
+    pub const PROBE_SINT: u8 = 0xd3;
+    pub const PROBES: [u8; 4] = [PROBE_MSI, PROBE_IPI, PROBE_ROUTE, PROBE_SINT];
+    /// Hyper-V IPIs the host asks a guest to send: this + the sender's group, counted exactly.
+    pub const HV_IPI_BASE: u8 = 0xe0;
     const _: () = assert!(GROUP_BASE as u32 + MAX_GROUPS * PER_GROUP as u32 <= LEVEL_BASE as u32);
-    const _: () = assert!(LEVEL_BASE + 8 <= PROBE_MSI && PROBE_ROUTE < 0xff);
+    const _: () = assert!(LEVEL_BASE + 8 <= PROBE_MSI && PROBE_SINT < HV_IPI_BASE);
+    const _: () = assert!(HV_IPI_BASE as u32 + MAX_GROUPS < 0xff);
 }
 
 /// Vector of an interrupt to any vCPU of group `g` (broadcast, shorthand, logical, lowest
@@ -579,6 +680,11 @@ fn mc_vector(g: u32) -> u8 {
 /// Vector of a unicast to APIC ID `dest` in group `g`.
 fn uc_vector(g: u32, dest: u32) -> u8 {
     mc_vector(g) + 1 + (dest & 7) as u8
+}
+
+/// Vector of a Hyper-V IPI the host asks a vCPU of group `g` to send.
+fn hv_ipi_vector(g: u32) -> u8 {
+    vector::HV_IPI_BASE + g.min(vector::MAX_GROUPS - 1) as u8
 }
 
 /// Vector of a level-triggered IOAPIC interrupt to APIC ID `dest` (group 0).
@@ -602,6 +708,8 @@ enum Meaning {
     Level(u8),
     /// Delivery probe number n (exact counts).
     Probe(usize),
+    /// A Hyper-V IPI from a vCPU of this group (exact counts).
+    HvIpi(u32),
     /// Never sent.
     Unused,
 }
@@ -618,6 +726,9 @@ fn meaning(v: u8) -> Meaning {
     }
     if (vector::LEVEL_BASE..vector::LEVEL_BASE + 8).contains(&v) {
         return Meaning::Level(v - vector::LEVEL_BASE);
+    }
+    if (vector::HV_IPI_BASE..vector::HV_IPI_BASE + vector::MAX_GROUPS as u8).contains(&v) {
+        return Meaning::HvIpi(u32::from(v - vector::HV_IPI_BASE));
     }
     match vector::PROBES.iter().position(|&p| p == v) {
         Some(n) => Meaning::Probe(n),
@@ -721,7 +832,15 @@ struct VcpuModel {
     /// Its table has no halts and no SVR toggles: while it runs, it takes interrupts.
     steady: bool,
     /// Delivery probes it handled, per [`vector::PROBES`].
-    probes: [u32; 3],
+    probes: [u32; 4],
+    /// Hyper-V VP index (KVM's default: the vCPU's index; set before it first runs).
+    vp: u32,
+    /// Its SynIC is active, SINTs [`hv::SINT_PROBE`] and [`hv::SINT_RANDOM`] programmed.
+    synic: bool,
+    /// Hyper-V IPIs on its group's [`hv_ipi_vector`] it handled.
+    hv_ipis: u32,
+    /// KVM_EXIT_HYPERV HCALL exits it made.
+    hv_exits: u64,
 }
 
 impl VcpuModel {
@@ -773,12 +892,19 @@ enum Route {
         flagged: bool,
         unicast: Option<u32>,
     },
+    /// KVM_IRQ_ROUTING_HV_SINT: SINT `sint` of the vCPU of `group` with VP index `vp`.
+    Sint {
+        gsi: u32,
+        group: u32,
+        vp: u32,
+        sint: u32,
+    },
 }
 
 impl Route {
     fn gsi(&self) -> u32 {
         match *self {
-            Route::Ioapic { gsi } | Route::Msi { gsi, .. } => gsi,
+            Route::Ioapic { gsi } | Route::Msi { gsi, .. } | Route::Sint { gsi, .. } => gsi,
         }
     }
 }
@@ -836,6 +962,8 @@ struct FuzzVm {
     probe_route: Option<ProbeRoute>,
     /// The main thread's irqfd on [`PROBE_GSI`].
     probe_irqfd: Option<EventFd>,
+    /// Hyper-V: the CPUID leaves, VSM, per-group MSRs, the exit handler's plan.
+    hv: hv::HvVm,
 }
 
 impl FuzzVm {
@@ -1128,6 +1256,8 @@ struct Fuzzer {
     log: VecDeque<String>,
     /// Two pages, the second PROT_NONE: for EFAULT cases.
     guard: *mut u8,
+    /// The kernel has series v3's Hyper-V uAPI (KVM_CAP_HYPERV_VSM): [`hv`] is on.
+    hv_supported: bool,
 }
 
 const LOG_LEN: usize = 40;
@@ -1158,7 +1288,7 @@ fn enable_groups_expected(args: [u64; 4], irqchip: bool, has_vcpus: bool) -> Vec
 }
 
 impl Fuzzer {
-    fn new(seed: u64) -> Result<Self> {
+    fn new(seed: u64, hv_supported: bool) -> Result<Self> {
         let len = 2 * layout::PAGE as usize;
         // SAFETY: a fresh anonymous private mapping, checked against MAP_FAILED; the second
         // page is then made inaccessible, which only affects this mapping.
@@ -1194,6 +1324,7 @@ impl Fuzzer {
             next_serial: 0,
             log: VecDeque::new(),
             guard,
+            hv_supported,
         })
     }
 
@@ -1210,7 +1341,7 @@ impl Fuzzer {
             return self.create_vm();
         }
         let k = self.rng.below(self.vms.len() as u64) as usize;
-        match self.rng.below(100) {
+        match self.rng.below(125) {
             0..=1 if self.vms.len() < MAX_VMS => self.create_vm(),
             0..=2 => self.destroy_vm(k),
             3..=8 => self.create_vcpu(k),
@@ -1231,6 +1362,10 @@ impl Fuzzer {
             84..=87 => self.probe_ipi(k),
             88..=90 => self.probe_route(k),
             91..=93 => self.probe_level(k),
+            100..=111 => self.hv_call(k),
+            112..=114 => self.hv_msrs(k),
+            115 => self.enable_vsm(k),
+            116..=119 => self.probe_sint(k),
             _ => self.check_guests(k),
         }
     }
@@ -1270,11 +1405,13 @@ impl Fuzzer {
 
     fn create_vm(&mut self) -> Result<()> {
         let irqchip = !self.rng.one_in(6);
+        // Hyper-V (series v3): some irqchip VMs get the Hyper-V CPUID leaves.
+        let hyperv = self.hv_supported && irqchip && !self.rng.one_in(3);
         self.stats.count(Call::CreateVm);
-        let vm = TestVm::new(VmOptions {
+        let mut vm = TestVm::new(VmOptions {
             irqchip,
             apic_groups: false,
-            ..Default::default()
+            hyperv,
         })?;
         let groups = vtlkit_uapi::apic_groups_supported(&vm.kvm);
         let serial = self.next_serial;
@@ -1352,8 +1489,20 @@ impl Fuzzer {
             nmi_mc_groups: plan.nmi_mc_groups & plan.nmi_groups,
             ..plan
         };
+        // Groups whose vCPUs make Hyper-V hypercalls (their group gets a guest OS ID), the
+        // others make KVM ones; most Hyper-V VMs have both kinds.
+        let hv_groups = if hyperv {
+            self.rng.next_u32() & all | u32::from(self.rng.one_in(2))
+        } else {
+            0
+        };
+        let hvm = hv::HvVm::new(hyperv, hv_groups);
+        if hyperv {
+            hv::install_handler(&mut vm, &hvm.exchange);
+            self.stats.hv_vms.fetch_add(1, Ordering::Relaxed);
+        }
         self.note(format!(
-            "create VM {serial}: irqchip={irqchip} opted_in={opted} x2apic_format={x2apic_format} max_vcpu_ids={max_vcpu_ids} NMI groups {:#x} (multicast {:#x}) slots {:#x}, kick groups {:#x} slots {:#x}",
+            "create VM {serial}: irqchip={irqchip} opted_in={opted} x2apic_format={x2apic_format} max_vcpu_ids={max_vcpu_ids} NMI groups {:#x} (multicast {:#x}) slots {:#x}, kick groups {:#x} slots {:#x}, Hyper-V {hyperv} (Hyper-V groups {hv_groups:#x})",
             plan.nmi_groups, plan.nmi_mc_groups, plan.nmi_slots, plan.kick_groups, plan.kick_slots
         ));
         let mut fvm = FuzzVm {
@@ -1368,7 +1517,17 @@ impl Fuzzer {
             routes: None,
             probe_route: None,
             probe_irqfd: None,
+            hv: hvm,
         };
+        if irqchip && hyperv {
+            let efd = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| anyhow!("eventfd: {e}"))?;
+            self.stats.count(Call::Irqfd);
+            fvm.vm
+                .fd
+                .register_irqfd(&efd, hv::SINT_GSI)
+                .map_err(|e| anyhow!("KVM_IRQFD(gsi {}): {e}", hv::SINT_GSI))?;
+            fvm.hv.sint_irqfd = Some(efd);
+        }
         if irqchip {
             fvm.injector = Some(Self::spawn_injector(&mut self.rng, &self.stats, &fvm)?);
             let efd = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| anyhow!("eventfd: {e}"))?;
@@ -1380,6 +1539,10 @@ impl Fuzzer {
             fvm.probe_irqfd = Some(efd);
         }
         self.vms.push(fvm);
+        if self.hv_supported && self.rng.one_in(3) {
+            let k = self.vms.len() - 1;
+            self.enable_vsm(k)?;
+        }
         Ok(())
     }
 
@@ -1503,7 +1666,12 @@ impl Fuzzer {
             mode,
             id_reg: ((id as u8) as u32) << 24,
             steady: true,
-            probes: [0; 3],
+            probes: [0; 4],
+            // KVM's default VP index is the vCPU's index (vcpu_idx).
+            vp: index as u32,
+            synic: false,
+            hv_ipis: 0,
+            hv_exits: 0,
         };
         v.note_ids();
         fvm.vcpus.push(v);
@@ -1912,6 +2080,15 @@ impl Fuzzer {
             if gsi >= MAX_IRQ_ROUTES {
                 invalid = true;
             }
+            if self.hv_supported && self.rng.one_in(6) {
+                // A Hyper-V SINT route, naming a group or not.
+                let (e, m, d, bad) = self.random_sint_route(k, gsi);
+                invalid |= bad;
+                entries.push(e);
+                model.push(m);
+                desc.push(d);
+                continue;
+            }
             if self.rng.one_in(5) {
                 // An IOAPIC pin (masked, so it delivers nothing).
                 let pin = if self.rng.one_in(5) {
@@ -1979,6 +2156,15 @@ impl Fuzzer {
                 });
             }
         }
+        let mut sint_probe = None;
+        if self.hv_supported && self.rng.one_in(2) {
+            if let Some((e, m, d, target)) = self.sint_probe_route(k) {
+                entries.push(e);
+                model.push(m);
+                desc.push(d);
+                sint_probe = Some(target);
+            }
+        }
         // A GSI may appear twice only for two different irqchips.
         for (i, a) in entries.iter().enumerate() {
             for b in &entries[..i] {
@@ -2019,9 +2205,15 @@ impl Fuzzer {
         match r {
             Ok(()) if !invalid => {
                 // The kernel's table is the new one now.
+                let sints = model
+                    .iter()
+                    .filter(|r| matches!(r, Route::Sint { .. }))
+                    .count();
+                self.stats.add(&self.stats.sint_routes, sints as u64);
                 let fvm = &mut self.vms[k];
                 fvm.routes = Some(model);
                 fvm.probe_route = probe;
+                fvm.hv.sint_probe = sint_probe;
                 Ok(())
             }
             Ok(()) => bail!("{what}: succeeded, expected EINVAL"),
@@ -2101,6 +2293,12 @@ impl Fuzzer {
                         "{what}: {status} vCPUs took a physical MSI to {d:#x}, only {m} of group {group} can have that ID"
                     );
                 }
+            }
+            [Route::Sint {
+                group, vp, sint, ..
+            }] => {
+                self.stats.add(&self.stats.sint_raises, 1);
+                hv::check_sint_line(fvm, &what, status, *group, *vp, *sint)?;
             }
             _ => {}
         }
@@ -2353,6 +2551,9 @@ impl Fuzzer {
     /// Write the send table and inputs of never-run vCPU `i` of VM k, and choose its role.
     fn prepare_guest(&mut self, k: usize, i: usize, x2: bool) -> Result<()> {
         let steady = !self.rng.one_in(3);
+        if self.hv_supported && self.vms[k].hv.cpuid {
+            self.hv_prepare(k, i)?;
+        }
         let fvm = &self.vms[k];
         let plan = fvm.plan;
         let me = &fvm.vcpus[i];
@@ -2378,6 +2579,10 @@ impl Fuzzer {
             u64::from(u32::from(v) | LEVEL_ASSERT)
         };
         let mc = u32::from(mc_vector(g)) | LEVEL_ASSERT;
+        // In a group with a guest OS ID, `vmmcall` is a Hyper-V hypercall: no KVM hypercalls
+        // (PV IPIs, kicks) there, but background Hyper-V IPIs to the sender's own VTL.
+        let hv_mode = fvm.hv.cpuid && fvm.hv.os_id[(g % 16) as usize] != 0;
+        let own_vtl = me.assigned.map_or(0, |a| a.vtl);
         let table = FUZZ_TABLES + i as u64 * layout::PAGE;
         for e in 0..TABLE_ENTRIES {
             let dest = match self.rng.below(4) {
@@ -2403,6 +2608,23 @@ impl Fuzzer {
                     logical_dest,
                     mc | DEST_LOGICAL | if self.rng.one_in(2) { DM_LOWEST } else { 0 },
                 ),
+                10..=11 | 14..=15 if hv_mode => {
+                    let vtl = if plan.opted && self.rng.one_in(2) {
+                        crate::hyperv::input_vtl(own_vtl, true)
+                    } else {
+                        0
+                    };
+                    let rdx = u64::from(mc_vector(g)) | u64::from(vtl) << 32;
+                    let fast = crate::hyperv::control::FAST;
+                    if self.rng.one_in(2) {
+                        let c = u64::from(crate::hyperv::call::SEND_IPI) | fast;
+                        [kind::HV_IPI, c, rdx, self.rng.below(0x400), hv::BG_RAX]
+                    } else {
+                        let c = u64::from(crate::hyperv::call::SEND_IPI_EX) | fast;
+                        let all = crate::hyperv::GENERIC_SET_ALL;
+                        [kind::HV_IPI, c, rdx, all, hv::BG_RAX]
+                    }
+                }
                 10..=11 => {
                     let min = dest.saturating_sub(self.rng.below_u32(3));
                     let bitmap = 1u64 << (dest - min);
@@ -2482,8 +2704,9 @@ impl Fuzzer {
         let id = me.id;
         self.vms[k].vcpus[i].steady = steady;
         self.note(format!(
-            "VM {serial} vCPU {id}: guest table written ({}, {})",
+            "VM {serial} vCPU {id}: guest table written ({}, {}{})",
             if x2 { "x2APIC" } else { "xAPIC" },
+            if hv_mode { "Hyper-V hypercalls, " } else { "" },
             if steady {
                 "steady"
             } else {
@@ -2522,6 +2745,9 @@ impl Fuzzer {
             self.check_lapic_id(k, i)?;
             let fvm = &self.vms[k];
             check_vcpu(fvm, i, None, None)?;
+            if self.hv_supported {
+                hv::check_exit_stat(fvm, i)?;
+            }
         }
         Ok(())
     }
@@ -3039,6 +3265,17 @@ fn check_vcpu_parts(
             }
             continue;
         }
+        if let Meaning::HvIpi(g) = meaning(vector) {
+            let want = if v.group() == Some(g) { v.hv_ipis } else { 0 };
+            if handled != want || irr {
+                let _ = write!(
+                    bad,
+                    " Hyper-V IPI vector {vector:#x} (sent in group {g}) handled {handled} times, {want} meant for it{};",
+                    if irr { ", and one more is pending" } else { "" }
+                );
+            }
+            continue;
+        }
         if (handled != 0 || irr || isr) && !vector_allowed(v.group(), v.slots, vector) {
             let _ = write!(
                 bad,
@@ -3074,20 +3311,30 @@ fn check_vcpu_parts(
             mem.read_u64(page + fz::KICK_RET)?
         );
     }
+    let hv_fails = mem.read_u64(page + fz::HV_FAILS)?;
+    if hv_fails != 0 {
+        let _ = write!(
+            bad,
+            " background Hyper-V IPIs (to its own VTL, its group has a guest OS ID) returned non-zero {hv_fails} times (last {:#x});",
+            mem.read_u64(page + fz::HV_RET)?
+        );
+    }
     check!(
         bad.is_empty(),
-        "VM {serial} vCPU {} (index {i}, {}, answered to ID slots {:#x}, mode {:?}) got what was not meant for it:{bad} (vector layout: {:#x} + {} * group = any vCPU of the group, + 1 + (APIC ID & 7) = that ID; {:#x} + (APIC ID & 7) = level-triggered IOAPIC, group 0; {:#x?} = delivery probes)",
+        "VM {serial} vCPU {} (index {i}, {}, VP {}, answered to ID slots {:#x}, mode {:?}) got what was not meant for it:{bad} (vector layout: {:#x} + {} * group = any vCPU of the group, + 1 + (APIC ID & 7) = that ID; {:#x} + (APIC ID & 7) = level-triggered IOAPIC, group 0; {:#x?} = delivery probes; {:#x} + group = Hyper-V IPIs sent in that group)",
         v.id,
         match v.assigned {
             Some(a) => format!("{a:?}"),
             None => "unassigned".into(),
         },
+        v.vp,
         v.slots,
         v.mode,
         vector::GROUP_BASE,
         vector::PER_GROUP,
         vector::LEVEL_BASE,
-        vector::PROBES
+        vector::PROBES,
+        vector::HV_IPI_BASE
     );
     Ok(())
 }
@@ -3139,6 +3386,7 @@ fn teardown(mut fvm: FuzzVm, early_close: bool, stats: &Stats) -> Result<()> {
         vcpus,
         plan,
         probe_irqfd,
+        hv,
         ..
     } = fvm;
     // Closing the VM fd while vCPUs still run leaves the VM alive until the last vCPU fd goes.
@@ -3176,9 +3424,11 @@ fn teardown(mut fvm: FuzzVm, early_close: bool, stats: &Stats) -> Result<()> {
         stats.add(&stats.kick_wakes, r(fz::KICK_WAKES)?);
         stats.add(&stats.svr_toggles, r(fz::SVR_TOGGLES)?);
         stats.add(&stats.ldr_writes, r(fz::LDR_WRITES)?);
+        stats.add(&stats.hv_bg_ipis, r(fz::HV_SENT)?);
     }
     drop(stopped);
     drop(probe_irqfd);
+    drop(hv);
     drop(vm);
     Ok(())
 }
@@ -3201,7 +3451,8 @@ fn fuzz_apic_groups() -> TestResult {
     );
     let start = Instant::now();
     let budget = Duration::from_secs(cfg.seconds);
-    let mut f = Fuzzer::new(cfg.seed)?;
+    let hv_supported = crate::hyperv::vsm_supported(&crate::vm::open_kvm()?);
+    let mut f = Fuzzer::new(cfg.seed, hv_supported)?;
     let mut result = Ok(());
     while start.elapsed() < budget {
         if let Err(e) = f.step() {
@@ -3248,6 +3499,25 @@ fn fuzz_apic_groups() -> TestResult {
         ld(&stats.svr_toggles),
         ld(&stats.ldr_writes),
     );
+    if hv_supported {
+        println!(
+            "# fuzz: hyperv: hv_vms={} hv_calls={} hv_ipis={} hv_ipi_deliveries={} hv_vsm_calls={} hv_exits={} sint_routes={} sint_raises={} sint_deliveries={} hv_msr_ops={} vsm_enables={} hv_bg_ipis={}",
+            ld(&stats.hv_vms),
+            ld(&stats.hv_calls),
+            ld(&stats.hv_ipis),
+            ld(&stats.hv_ipi_deliveries),
+            ld(&stats.hv_vsm_calls),
+            ld(&stats.hv_exits),
+            ld(&stats.sint_routes),
+            ld(&stats.sint_raises),
+            ld(&stats.sint_deliveries),
+            ld(&stats.hv_msr_ops),
+            ld(&stats.vsm_enables),
+            ld(&stats.hv_bg_ipis),
+        );
+    } else {
+        println!("# fuzz: hyperv: off (no KVM_CAP_HYPERV_VSM: the kernel lacks series v3)");
+    }
     if let Err(e) = result {
         return Err(e.context(format!(
             "fuzz seed {:#x} (rerun with VTLKIT_FUZZ_SEED={:#x}); last operations, oldest first:\n  {}",
@@ -3374,7 +3644,11 @@ mod tests {
             mode: ApicMode::X2apic,
             id_reg: 3 << 24,
             steady: true,
-            probes: [0; 3],
+            probes: [0; 4],
+            vp: 0,
+            synic: false,
+            hv_ipis: 0,
+            hv_exits: 0,
         };
         v.note_ids();
         let p = plan();
@@ -3413,7 +3687,7 @@ mod tests {
         // An unassigned vCPU may hold nothing at all.
         let u = VcpuModel {
             assigned: None,
-            probes: [1, 0, 0],
+            probes: [1, 0, 0, 0],
             ..v.clone()
         };
         assert!(check(&u).is_err());

@@ -1,0 +1,179 @@
+// SPDX-License-Identifier: GPL-2.0-only OR Apache-2.0
+//! HvCallVtlCall and HvCallVtlReturn between the VTL0 and VTL1 siblings of a VP: the registers
+//! each VTL finds (TLFS "Virtual Processor State Isolation": RAX..R15 but RSP and the XMM
+//! registers shared, RSP, RIP, CR3, GS base private), the two return modes, the entry reason in
+//! VTL1's VP assist page, and several round trips.
+
+use anyhow::{bail, Result};
+
+use super::common::{
+    enable_vtl1, round_failures, run, unavailable, STEP_ENABLE_PARTITION, STEP_ENABLE_VP, VP,
+};
+use crate::guest::vsm;
+use crate::harness::{Outcome, TestResult};
+use crate::hyperv::{call, status, Step};
+use crate::vp::{Round, RoundSeen, VpEvent, VsmVm};
+
+/// The rounds both tests run: normal and fast returns mixed, each with its own values.
+fn rounds() -> Vec<Round> {
+    [false, false, true, false, true, true, false]
+        .iter()
+        .enumerate()
+        .map(|(k, &fast)| Round::new(0x10 + k as u32, fast))
+        .collect()
+}
+
+/// What [`scenario`] gives the tests.
+struct Ran {
+    vsm: VsmVm,
+    rounds: Vec<Round>,
+    seen: Vec<RoundSeen>,
+    events: Vec<VpEvent>,
+    switches: Vec<(u8, u8)>,
+    /// (enabled VTLs, active VTL) of the VP once VTL0 finished.
+    vp_state: (Option<u16>, Option<u8>),
+}
+
+/// Enable VTL1, run [`rounds`]; returns the VM, what each round recorded and the runner's log.
+fn scenario() -> Result<Ran> {
+    let mut vsm = VsmVm::new(1)?;
+    let rounds = rounds();
+    let mut steps = enable_vtl1(&vsm);
+    for (k, r) in rounds.iter().enumerate() {
+        vsm.write_round(VP, k as u64, r)?;
+        steps.push(Step::VtlCall {
+            block: VsmVm::block_gpa(VP, k as u64),
+        });
+    }
+    let (running, loaded) = run(&mut vsm, steps)?;
+    for (step, what) in [
+        (STEP_ENABLE_PARTITION, "HvCallEnablePartitionVtl(1)"),
+        (STEP_ENABLE_VP, "HvCallEnableVpVtl(VP 0, VTL1)"),
+    ] {
+        let out = loaded.outcome(&vsm.vm.mem, step)?;
+        if out.rax != status::SUCCESS {
+            bail!("{what} returned {:#x}, expected HV_STATUS_SUCCESS", out.rax);
+        }
+    }
+    let stopped = running.stop()?;
+    let seen = (0..rounds.len() as u64)
+        .map(|k| vsm.read_round(VP, k))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Ran {
+        events: stopped.events(VP),
+        switches: stopped.switches(VP),
+        vp_state: (stopped.enabled_vtls(VP), stopped.active_vtl(VP)),
+        vsm,
+        rounds,
+        seen,
+    })
+}
+
+/// Shared registers carried both ways, private ones kept, for every round trip.
+pub(super) fn vsm_vtl_call_registers() -> TestResult {
+    if let Some(why) = unavailable()? {
+        return Ok(Outcome::Skip(why));
+    }
+    let Ran {
+        vsm,
+        rounds,
+        seen,
+        events,
+        ..
+    } = scenario()?;
+    let failures: String = rounds
+        .iter()
+        .zip(&seen)
+        .enumerate()
+        .map(|(k, (r, s))| round_failures(&vsm, k as u64, r, s))
+        .collect();
+    if !failures.is_empty() {
+        bail!("{failures}runner log: {events:?}");
+    }
+    Ok(Outcome::Pass)
+}
+
+/// Normal vs fast return, the entry reason, the rounds taken in order, the switch log.
+pub(super) fn vsm_vtl_return_modes() -> TestResult {
+    if let Some(why) = unavailable()? {
+        return Ok(Outcome::Skip(why));
+    }
+    let Ran {
+        rounds,
+        seen,
+        events,
+        switches: got,
+        vp_state,
+        ..
+    } = scenario()?;
+    let mut f = String::new();
+    for (k, (r, s)) in rounds.iter().zip(&seen).enumerate() {
+        let (rax, rcx) = (s.vtl0.gprs[vsm::regs::RAX], s.vtl0.gprs[vsm::regs::RCX]);
+        let want = if r.fast() {
+            (
+                r.vtl1_out.gprs[vsm::regs::RAX],
+                r.vtl1_out.gprs[vsm::regs::RCX],
+            )
+        } else {
+            (r.ret_rax, r.ret_rcx)
+        };
+        if (rax, rcx) != want {
+            f.push_str(&format!(
+                "round {k} ({} return): VTL0 resumed with RAX {rax:#x} RCX {rcx:#x}, expected {:#x} {:#x}\n",
+                if r.fast() { "fast" } else { "normal" },
+                want.0,
+                want.1
+            ));
+        }
+        // Round 0 enters VTL1 before it enabled its VP assist page: nothing to write into.
+        let reason = if k == 0 { 0 } else { 1 };
+        if s.entry_reason != reason {
+            f.push_str(&format!(
+                "round {k}: VTL1 read entry reason {} in its VP assist page, expected {reason}{}\n",
+                s.entry_reason,
+                if k == 0 {
+                    " (its assist page was not enabled yet)"
+                } else {
+                    " (VtlCall)"
+                }
+            ));
+        }
+        if s.vtl1_round != k as u64 {
+            f.push_str(&format!(
+                "round {k}: VTL1 took it as its entry {}, not {k}: it did not re-enter after its VtlReturn once per call\n",
+                s.vtl1_round
+            ));
+        }
+    }
+    let want: Vec<(u8, u8)> = rounds.iter().flat_map(|_| [(0, 1), (1, 0)]).collect();
+    if got != want {
+        f.push_str(&format!(
+            "switches {got:?}, expected a VtlCall and a VtlReturn per round: {want:?}\n"
+        ));
+    }
+    let completed: Vec<(u8, u16, u64)> = events
+        .iter()
+        .filter_map(|e| match e {
+            VpEvent::Completed { vtl, code, result } => Some((*vtl, *code, *result)),
+            _ => None,
+        })
+        .collect();
+    let want_completed = vec![
+        (0, call::ENABLE_PARTITION_VTL, status::SUCCESS),
+        (0, call::ENABLE_VP_VTL, status::SUCCESS),
+    ];
+    if completed != want_completed {
+        f.push_str(&format!(
+            "hypercalls answered on the spot {completed:#x?}, expected {want_completed:#x?}\n"
+        ));
+    }
+    if vp_state != (Some(0b11), Some(0)) {
+        f.push_str(&format!(
+            "after the rounds the VP has (enabled VTLs, active VTL) {vp_state:?}, expected (Some(0b11), Some(0))\n"
+        ));
+    }
+    if !f.is_empty() {
+        bail!("{f}runner log: {events:?}");
+    }
+    Ok(Outcome::Pass)
+}
