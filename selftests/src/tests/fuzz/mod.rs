@@ -83,6 +83,7 @@ use crate::harness::{Outcome, Test, TestResult};
 use crate::vm::{lapic_bit, lapic_reg, layout, GuestMem, GuestRecord, Running, TestVm, VmOptions};
 
 mod hv;
+mod notify;
 
 pub const TESTS: &[Test] = &[Test {
     name: "fuzz_apic_groups",
@@ -205,9 +206,11 @@ enum Call {
     SetIrqchip,
     GetVcpuEvents,
     Run,
+    SetEventNotify,
+    GetEventNotify,
 }
 
-const CALLS: [(Call, &str); 17] = [
+const CALLS: [(Call, &str); 19] = [
     (Call::CreateVm, "KVM_CREATE_VM"),
     (Call::CreateVcpu, "KVM_CREATE_VCPU"),
     (Call::EnableCap, "KVM_ENABLE_CAP"),
@@ -228,6 +231,8 @@ const CALLS: [(Call, &str); 17] = [
         Call::Run,
         "KVM_RUN (vCPU thread starts, and refused runs of unassigned vCPUs)",
     ),
+    (Call::SetEventNotify, "KVM_SET_EVENT_NOTIFY"),
+    (Call::GetEventNotify, "KVM_GET_EVENT_NOTIFY"),
 ];
 
 #[derive(Default)]
@@ -260,6 +265,21 @@ struct Stats {
     hv_msr_ops: AtomicU64,
     vsm_enables: AtomicU64,
     hv_bg_ipis: AtomicU64,
+    /// KVM_CAP_VCPU_EVENT_NOTIFY ([`notify`]): VMs that enabled it, VTL sibling pairs created,
+    /// pair runner starts, successful arms, KVM_EXIT_EVENT_NOTIFY exits, switches to the
+    /// parked sibling, exactly counted deliveries to pair siblings (main-thread MSI, guest IPI,
+    /// NMI, injector thread, TPR test), TPR tests whose vector was blocked (and did not fire)
+    /// or not (and fired), and parks deferred because the sibling was mid-interrupt.
+    notify_vms: AtomicU64,
+    notify_pairs: AtomicU64,
+    notify_runs: AtomicU64,
+    notify_arms: AtomicU64,
+    notify_exits: AtomicU64,
+    notify_switches: AtomicU64,
+    notify_probes: [AtomicU64; 5],
+    notify_tpr_blocked: AtomicU64,
+    notify_tpr_fired: AtomicU64,
+    notify_park_deferred: AtomicU64,
 }
 
 impl Stats {
@@ -664,6 +684,10 @@ mod vector {
     /// The SINT probe (Hyper-V SynIC, series v3).
     pub const PROBE_SINT: u8 = 0xd3;
     pub const PROBES: [u8; 4] = [PROBE_MSI, PROBE_IPI, PROBE_ROUTE, PROBE_SINT];
+    /// Event-notification deliveries to VTL sibling pairs ([`super::notify`]), counted exactly
+    /// per vCPU: main-thread MSI, guest IPI, injector thread, TPR test (class 0xd).
+    pub const NOTIFY: [u8; 4] = [0xd8, 0xd9, 0xda, 0xdb];
+    const _: () = assert!(PROBE_SINT < NOTIFY[0] && NOTIFY[3] < HV_IPI_BASE);
     /// Hyper-V IPIs the host asks a guest to send: this + the sender's group, counted exactly.
     pub const HV_IPI_BASE: u8 = 0xe0;
     const _: () = assert!(GROUP_BASE as u32 + MAX_GROUPS * PER_GROUP as u32 <= LEVEL_BASE as u32);
@@ -710,6 +734,8 @@ enum Meaning {
     Probe(usize),
     /// A Hyper-V IPI from a vCPU of this group (exact counts).
     HvIpi(u32),
+    /// Event-notification delivery number n (exact counts, [`VcpuModel::notify_sent`]).
+    Notify(usize),
     /// Never sent.
     Unused,
 }
@@ -729,6 +755,9 @@ fn meaning(v: u8) -> Meaning {
     }
     if (vector::HV_IPI_BASE..vector::HV_IPI_BASE + vector::MAX_GROUPS as u8).contains(&v) {
         return Meaning::HvIpi(u32::from(v - vector::HV_IPI_BASE));
+    }
+    if let Some(n) = vector::NOTIFY.iter().position(|&p| p == v) {
+        return Meaning::Notify(n);
     }
     match vector::PROBES.iter().position(|&p| p == v) {
         Some(n) => Meaning::Probe(n),
@@ -841,6 +870,14 @@ struct VcpuModel {
     hv_ipis: u32,
     /// KVM_EXIT_HYPERV HCALL exits it made.
     hv_exits: u64,
+    /// A sibling of a VTL pair ([`notify`]): run by its pair's runner, never by a batch.
+    paired: bool,
+    /// Only ever the target of the main thread's random KVM_SET_EVENT_NOTIFY arms: never runs.
+    sink: bool,
+    /// The target KVM_SET_EVENT_NOTIFY armed it with last, until it was disarmed or seen fired.
+    notify_armed: Option<u32>,
+    /// Deliveries sent to it on the [`vector::NOTIFY`] vectors (incremented before sending).
+    notify_sent: notify::Sent,
 }
 
 impl VcpuModel {
@@ -964,6 +1001,8 @@ struct FuzzVm {
     probe_irqfd: Option<EventFd>,
     /// Hyper-V: the CPUID leaves, VSM, per-group MSRs, the exit handler's plan.
     hv: hv::HvVm,
+    /// KVM_CAP_VCPU_EVENT_NOTIFY: enabled or not, VTL sibling pairs, their injector thread.
+    notify: notify::NotifyVm,
 }
 
 impl FuzzVm {
@@ -1013,7 +1052,7 @@ impl FuzzVm {
     /// and that ID.
     fn probe_receiver(&self, i: usize) -> Option<(u32, u32)> {
         let v = &self.vcpus[i];
-        if !(v.running && v.ran && v.steady) {
+        if !(v.running && v.ran && v.steady) || v.paired {
             return None;
         }
         let g = v.group()?;
@@ -1258,6 +1297,8 @@ struct Fuzzer {
     guard: *mut u8,
     /// The kernel has series v3's Hyper-V uAPI (KVM_CAP_HYPERV_VSM): [`hv`] is on.
     hv_supported: bool,
+    /// The kernel has KVM_CAP_VCPU_EVENT_NOTIFY (series v4): [`notify`] is on.
+    notify_supported: bool,
 }
 
 const LOG_LEN: usize = 40;
@@ -1288,7 +1329,7 @@ fn enable_groups_expected(args: [u64; 4], irqchip: bool, has_vcpus: bool) -> Vec
 }
 
 impl Fuzzer {
-    fn new(seed: u64, hv_supported: bool) -> Result<Self> {
+    fn new(seed: u64, hv_supported: bool, notify_supported: bool) -> Result<Self> {
         let len = 2 * layout::PAGE as usize;
         // SAFETY: a fresh anonymous private mapping, checked against MAP_FAILED; the second
         // page is then made inaccessible, which only affects this mapping.
@@ -1325,6 +1366,7 @@ impl Fuzzer {
             log: VecDeque::new(),
             guard,
             hv_supported,
+            notify_supported,
         })
     }
 
@@ -1362,6 +1404,11 @@ impl Fuzzer {
             84..=87 => self.probe_ipi(k),
             88..=90 => self.probe_route(k),
             91..=93 => self.probe_level(k),
+            94 => self.notify_set_get(k),
+            95 => self.pair_create(k),
+            96 => self.pair_toggle(k),
+            97..=98 => self.notify_probe(k),
+            99 => self.notify_misc(k),
             100..=111 => self.hv_call(k),
             112..=114 => self.hv_msrs(k),
             115 => self.enable_vsm(k),
@@ -1405,8 +1452,11 @@ impl Fuzzer {
 
     fn create_vm(&mut self) -> Result<()> {
         let irqchip = !self.rng.one_in(6);
+        // Event notification ([`notify`]): some irqchip VMs get VTL sibling pairs; those have
+        // 32-bit x2APIC IDs and no Hyper-V leaves (their runners answer no Hyper-V exits).
+        let notify_pairs = self.notify_supported && irqchip && self.rng.one_in(3);
         // Hyper-V (series v3): some irqchip VMs get the Hyper-V CPUID leaves.
-        let hyperv = self.hv_supported && irqchip && !self.rng.one_in(3);
+        let hyperv = self.hv_supported && irqchip && !notify_pairs && !self.rng.one_in(3);
         self.stats.count(Call::CreateVm);
         let mut vm = TestVm::new(VmOptions {
             irqchip,
@@ -1419,9 +1469,9 @@ impl Fuzzer {
         self.stats.vms.fetch_add(1, Ordering::Relaxed);
         // x2APIC API: sometimes 32-bit IDs, sometimes without the broadcast quirk.
         let mut x2apic_format = false;
-        if self.rng.one_in(2) {
+        if notify_pairs || self.rng.one_in(2) {
             let mut flags = 0;
-            if self.rng.one_in(2) {
+            if notify_pairs || self.rng.one_in(2) {
                 flags |= KVM_X2APIC_API_USE_32BIT_IDS;
             }
             if self.rng.one_in(2) {
@@ -1439,7 +1489,8 @@ impl Fuzzer {
             x2apic_format = flags & KVM_X2APIC_API_USE_32BIT_IDS != 0;
         }
         let mut max_vcpu_ids = 4096;
-        if self.rng.one_in(3) {
+        // Pair siblings have APIC IDs above 0xff ([`notify`]).
+        if !notify_pairs && self.rng.one_in(3) {
             let v = self.rng.pick(&[8u32, 16, 64, 255, 256, 1024]).unwrap_or(64);
             let mut cap = kvm_enable_cap {
                 cap: KVM_CAP_MAX_VCPU_ID,
@@ -1465,6 +1516,7 @@ impl Fuzzer {
                 opted |= self.enable_groups(&vm.fd, serial, [0; 4], irqchip, false)?;
             }
         }
+        let notify_enabled = self.notify_enable_at_create(&vm.fd, serial, irqchip, notify_pairs)?;
         let code = fuzz_guest_code();
         check!(
             code.len() as u64 <= FUZZ_TABLES - FUZZ_CODE,
@@ -1518,6 +1570,7 @@ impl Fuzzer {
             probe_route: None,
             probe_irqfd: None,
             hv: hvm,
+            notify: notify::NotifyVm::new(notify_enabled, notify_pairs),
         };
         if irqchip && hyperv {
             let efd = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| anyhow!("eventfd: {e}"))?;
@@ -1639,6 +1692,12 @@ impl Fuzzer {
         let Some(id) = self.rng.pick(&free) else {
             return Ok(());
         };
+        self.create_vcpu_id(k, id).map(|_| ())
+    }
+
+    /// Create vCPU `id` of VM k (free, below its limit) in the model too; returns its index.
+    fn create_vcpu_id(&mut self, k: usize, id: u64) -> Result<usize> {
+        let fvm = &mut self.vms[k];
         self.stats.count(Call::CreateVcpu);
         let index = fvm.vm.add_vcpu(id, Entry::ApicMain)?;
         // Start at the fuzz guest instead.
@@ -1672,6 +1731,10 @@ impl Fuzzer {
             synic: false,
             hv_ipis: 0,
             hv_exits: 0,
+            paired: false,
+            sink: false,
+            notify_armed: None,
+            notify_sent: notify::Sent::default(),
         };
         v.note_ids();
         fvm.vcpus.push(v);
@@ -1679,7 +1742,8 @@ impl Fuzzer {
         let serial = fvm.serial;
         self.note(format!("VM {serial}: create vCPU {id} (index {index})"));
         // A new vCPU must read as unassigned (opted in) or (0, vcpu_id, 0).
-        self.check_get(k, index, "a new vCPU")
+        self.check_get(k, index, "a new vCPU")?;
+        Ok(index)
     }
 
     /// Pick a vCPU that is not on a thread.
@@ -2347,6 +2411,10 @@ impl Fuzzer {
         let Some(index) = self.idle_vcpu(k) else {
             return Ok(());
         };
+        // KVM_SET_LAPIC rewrites IRR: a stopped pair sibling's pending events stay its own.
+        if self.vms[k].vcpus[index].paired {
+            return Ok(());
+        }
         self.check_lapic_id(k, index)?;
         let fvm = &self.vms[k];
         let v = &fvm.vcpus[index];
@@ -2465,11 +2533,16 @@ impl Fuzzer {
             return Ok(());
         }
         let idle: Vec<usize> = (0..fvm.vcpus.len())
-            .filter(|&i| !fvm.vcpus[i].running && fvm.vcpus[i].assigned.is_some())
+            .filter(|&i| {
+                let v = &fvm.vcpus[i];
+                !v.running && v.assigned.is_some() && !v.paired && !v.sink
+            })
             .collect();
         if idle.is_empty() || total_running + idle.len() > MAX_RUNNING {
             return Ok(());
         }
+        // Batches run disarmed vCPUs (an armed vCPU that runs notifies spuriously).
+        self.notify_disarm_all(k, &idle)?;
         // Unassigned vCPUs stay behind: KVM_RUN refuses them (run_unassigned checks that).
         let mut fresh = Vec::new();
         for &i in &idle {
@@ -2550,7 +2623,9 @@ impl Fuzzer {
 
     /// Write the send table and inputs of never-run vCPU `i` of VM k, and choose its role.
     fn prepare_guest(&mut self, k: usize, i: usize, x2: bool) -> Result<()> {
-        let steady = !self.rng.one_in(3);
+        let chaotic = self.rng.one_in(3);
+        // Pair siblings must take every interrupt they are switched in for.
+        let steady = !chaotic || self.vms[k].vcpus[i].paired;
         if self.hv_supported && self.vms[k].hv.cpuid {
             self.hv_prepare(k, i)?;
         }
@@ -2856,6 +2931,7 @@ impl Fuzzer {
                 v.running
                     && v.ran
                     && v.steady
+                    && !v.paired
                     && v.group() == Some(g)
                     && (v.mode == ApicMode::X2apic || d <= 0xfe)
             })
@@ -3265,6 +3341,17 @@ fn check_vcpu_parts(
             }
             continue;
         }
+        if let Meaning::Notify(n) = meaning(vector) {
+            let sent = v.notify_sent[n].load(Ordering::SeqCst);
+            if handled + u32::from(irr) > sent {
+                let _ = write!(
+                    bad,
+                    " event-notification vector {vector:#x} handled {handled} times{}, but {sent} were sent to it;",
+                    if irr { " and one more is pending" } else { "" }
+                );
+            }
+            continue;
+        }
         if let Meaning::HvIpi(g) = meaning(vector) {
             let want = if v.group() == Some(g) { v.hv_ipis } else { 0 };
             if handled != want || irr {
@@ -3358,12 +3445,14 @@ fn vcpu_state(
 
 /// Tear a VM down: stop its injector, check the guests, stop the vCPUs (or first close the VM
 /// fd while they still run), and check every vCPU, pending interrupts and NMIs included.
-fn teardown(mut fvm: FuzzVm, early_close: bool, stats: &Stats) -> Result<()> {
+fn teardown(mut fvm: FuzzVm, early_close: bool, stats: &Arc<Stats>) -> Result<()> {
     let serial = fvm.serial;
     if let Some(mut inj) = fvm.injector.take() {
         inj.finish()
             .with_context(|| format!("VM {serial}: injector thread"))?;
     }
+    // VTL pairs: their injector, then each pair settled and checked (exact counts).
+    notify::finish(&mut fvm, stats)?;
     for b in &fvm.batches {
         b.running
             .check_no_pending()
@@ -3452,7 +3541,8 @@ fn fuzz_apic_groups() -> TestResult {
     let start = Instant::now();
     let budget = Duration::from_secs(cfg.seconds);
     let hv_supported = crate::hyperv::vsm_supported(&crate::vm::open_kvm()?);
-    let mut f = Fuzzer::new(cfg.seed, hv_supported)?;
+    let notify_supported = vtlkit_uapi::notify::event_notify_supported(&crate::vm::open_kvm()?);
+    let mut f = Fuzzer::new(cfg.seed, hv_supported, notify_supported)?;
     let mut result = Ok(());
     while start.elapsed() < budget {
         if let Err(e) = f.step() {
@@ -3517,6 +3607,27 @@ fn fuzz_apic_groups() -> TestResult {
         );
     } else {
         println!("# fuzz: hyperv: off (no KVM_CAP_HYPERV_VSM: the kernel lacks series v3)");
+    }
+    if notify_supported {
+        println!(
+            "# fuzz: notify: notify_vms={} pairs={} pair_runs={} notify_arms={} notify_exits={} switches={} exact_deliveries: msi={} ipi={} nmi={} injector={} tpr={}; tpr_blocked={} tpr_fired={} parks_deferred={}",
+            ld(&stats.notify_vms),
+            ld(&stats.notify_pairs),
+            ld(&stats.notify_runs),
+            ld(&stats.notify_arms),
+            ld(&stats.notify_exits),
+            ld(&stats.notify_switches),
+            ld(&stats.notify_probes[0]),
+            ld(&stats.notify_probes[1]),
+            ld(&stats.notify_probes[2]),
+            ld(&stats.notify_probes[3]),
+            ld(&stats.notify_probes[4]),
+            ld(&stats.notify_tpr_blocked),
+            ld(&stats.notify_tpr_fired),
+            ld(&stats.notify_park_deferred),
+        );
+    } else {
+        println!("# fuzz: notify: off (no KVM_CAP_VCPU_EVENT_NOTIFY: the kernel lacks series v4)");
     }
     if let Err(e) = result {
         return Err(e.context(format!(
@@ -3649,6 +3760,10 @@ mod tests {
             synic: false,
             hv_ipis: 0,
             hv_exits: 0,
+            paired: false,
+            sink: false,
+            notify_armed: None,
+            notify_sent: notify::Sent::default(),
         };
         v.note_ids();
         let p = plan();
