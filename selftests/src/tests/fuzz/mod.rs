@@ -1039,8 +1039,9 @@ impl FuzzVm {
             .count()
     }
 
+    /// vCPUs on threads; a VTL pair counts once (its runner runs one sibling at a time).
     fn running_count(&self) -> usize {
-        self.vcpus.iter().filter(|v| v.running).count()
+        self.vcpus.iter().filter(|v| v.running && !v.paired).count() + self.notify.running_pairs()
     }
 
     fn fd(&self, index: usize) -> Result<&VcpuFd> {
@@ -1595,6 +1596,11 @@ impl Fuzzer {
         if self.hv_supported && self.rng.one_in(3) {
             let k = self.vms.len() - 1;
             self.enable_vsm(k)?;
+        }
+        if notify_pairs {
+            // Pairs from the start (the VM may not live long).
+            let k = self.vms.len() - 1;
+            self.pair_create(k)?;
         }
         Ok(())
     }

@@ -104,6 +104,11 @@ pub(super) struct NotifyVm {
 }
 
 impl NotifyVm {
+    /// Pairs whose runner runs.
+    pub(super) fn running_pairs(&self) -> usize {
+        self.pairs.iter().filter(|p| p.runner.is_some()).count()
+    }
+
     pub(super) fn new(enabled: bool, pairs_ok: bool) -> Self {
         NotifyVm {
             enabled,
@@ -1327,7 +1332,7 @@ impl Fuzzer {
             || fvm.plan.groups < 2
             || fvm.max_apic_id() < PAIR_ID_BASE + 7
             || fvm.vcpus.len() + 2 > MAX_VCPUS
-            || total_running + 2 > MAX_RUNNING
+            || total_running + 1 > MAX_RUNNING
         {
             return Ok(());
         }
@@ -1346,7 +1351,7 @@ impl Fuzzer {
         }
         let a = free.remove(self.rng.below(free.len() as u64) as usize);
         let b = free.remove(self.rng.below(free.len() as u64) as usize);
-        let home_vtl = u32::from(self.rng.one_in(4));
+        let home_vtl = u32::from(self.rng.one_in(3));
         let mut idx = [0usize; 2];
         for (vtl, id) in [(0u32, a), (1, b)] {
             let i = self.create_vcpu_id(k, id)?;
@@ -1479,7 +1484,7 @@ impl Fuzzer {
             return stop_pair(&mut self.vms[k], p, false, &stats);
         }
         let total_running: usize = self.vms.iter().map(FuzzVm::running_count).sum();
-        if total_running + 2 > MAX_RUNNING {
+        if total_running + 1 > MAX_RUNNING {
             return Ok(());
         }
         self.pair_start(k, p)
