@@ -32,23 +32,15 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Result};
 use kvm_bindings::{
     kvm_cpuid_entry2, kvm_enable_cap, kvm_irq_routing_entry, kvm_msr_entry, kvm_run, CpuId, Msrs,
-    KVMIO, KVM_CAP_HYPERV_SYNIC2, KVM_EXIT_HYPERV_HCALL, KVM_EXIT_HYPERV_SYNIC,
-    KVM_IRQ_ROUTING_HV_SINT, KVM_MAX_CPUID_ENTRIES,
+    KVM_CAP_HYPERV_SYNIC2, KVM_EXIT_HYPERV_HCALL, KVM_EXIT_HYPERV_SYNIC, KVM_IRQ_ROUTING_HV_SINT,
+    KVM_MAX_CPUID_ENTRIES,
 };
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vmm_sys_util::ioctl::ioctl_with_mut_ptr;
-use vmm_sys_util::ioctl_iowr_nr;
 use vtlkit_uapi::raw;
 
 use crate::guest::hvprog;
 use crate::vm::{layout, GuestMem};
-
-ioctl_iowr_nr!(
-    KVM_GET_SUPPORTED_HV_CPUID,
-    KVMIO,
-    0xc1,
-    kvm_bindings::kvm_cpuid2
-);
 
 /// Synthetic MSRs (TLFS; Linux `hyperv-tlfs.h`).
 pub mod msr {
@@ -212,7 +204,7 @@ pub fn hv_cpuid(kvm: &Kvm) -> Result<CpuId> {
     let r = unsafe {
         ioctl_with_mut_ptr(
             kvm,
-            KVM_GET_SUPPORTED_HV_CPUID(),
+            libc::c_ulong::from(raw::VTLKIT_KVM_GET_SUPPORTED_HV_CPUID),
             cpuid.as_mut_fam_struct_ptr(),
         )
     };

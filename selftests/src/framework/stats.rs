@@ -7,11 +7,8 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::FileExt;
 
 use anyhow::{anyhow, bail, Context, Result};
-use kvm_bindings::{kvm_stats_desc, kvm_stats_header, KVMIO};
+use kvm_bindings::{kvm_stats_desc, kvm_stats_header};
 use vmm_sys_util::ioctl::ioctl;
-use vmm_sys_util::ioctl_io_nr;
-
-ioctl_io_nr!(KVM_GET_STATS_FD, KVMIO, 0xce);
 
 /// One statistic: where its value is in the data block.
 struct Desc {
@@ -34,7 +31,12 @@ impl Stats {
     pub fn open(fd: &impl AsRawFd) -> Result<Self> {
         // SAFETY: KVM_GET_STATS_FD takes no argument and returns a new fd or -1; the fd we pass
         // is a live KVM fd borrowed for the call.
-        let r = unsafe { ioctl(fd, KVM_GET_STATS_FD()) };
+        let r = unsafe {
+            ioctl(
+                fd,
+                libc::c_ulong::from(vtlkit_uapi::raw::VTLKIT_KVM_GET_STATS_FD),
+            )
+        };
         if r < 0 {
             bail!("KVM_GET_STATS_FD: {}", std::io::Error::last_os_error());
         }
