@@ -1009,7 +1009,12 @@ fn handle_hyperv(vcpu: &mut Vcpu, handler: Option<&HypervHandler>) -> Result<Ste
         (None, _) => {}
     }
     if let HypervExit::Hcall(hc) = exit {
-        hyperv::write_result(vcpu.fd.get_kvm_run(), hc.result);
+        if !vtlkit_uapi::vtl::set_hcall_result(vcpu.fd.get_kvm_run(), hc.result) {
+            bail!(
+                "vCPU {}: kvm_run no longer holds the HCALL exit to answer",
+                vcpu.id
+            );
+        }
     }
     Ok(Step::Interrupted)
 }
