@@ -94,7 +94,9 @@ impl Stat {
 /// A decoded stats file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stats {
-    /// The id string, e.g. `kvm-57/vcpu-3` for vCPU 3 of a VM that process 57 created.
+    /// The id string: `kvm-<tid>` for a VM, `kvm-<tid>/vcpu-<vcpu id>` for a vCPU, where `tid`
+    /// is the thread that created the VM or the vCPU (KVM writes `task_pid_nr(current)`), not
+    /// necessarily the VMM's process id; e.g. `kvm-57/vcpu-3` for vCPU 3, created by thread 57.
     pub id: String,
     /// The statistics, in the file's order.
     pub stats: Vec<Stat>,
@@ -118,7 +120,8 @@ impl Stats {
     }
 }
 
-/// Parse a vCPU stats id string `kvm-<pid>/vcpu-<vcpu id>`.
+/// Parse a vCPU stats id string `kvm-<tid>/vcpu-<vcpu id>` into (tid, vcpu id); `tid` is the
+/// thread that created the vCPU.
 pub fn parse_vcpu_id_string(id: &str) -> Option<(u32, u32)> {
     let (vm, vcpu) = id.strip_prefix("kvm-")?.split_once("/vcpu-")?;
     Some((vm.parse().ok()?, vcpu.parse().ok()?))
