@@ -19,7 +19,9 @@
 //!    [`Unavailable::NoStatsFd`] reports.
 //!
 //! Neither the fd link nor the id string names the VM: a process that created (or holds) several
-//! VMs is [`Unavailable::Ambiguous`]. KVM names the debugfs directory after the *thread* that
+//! VMs is [`Unavailable::Ambiguous`]. Several `kvm-vm` fds that are dup()s of one VM fd are one
+//! VM ([`distinct_files`], kcmp(2); a kernel without `CONFIG_KCMP` cannot tell, and they count
+//! as several). KVM names the debugfs directory after the *thread* that
 //! created the VM; its process's fds are read.
 
 use std::collections::BTreeMap;
@@ -101,6 +103,20 @@ pub enum Unavailable {
         /// What KVM_GET_STATS_FD said (EIO: not the VM's process).
         source: io::Error,
     },
+    /// A stats fd of the VMM that names no vCPU: neither its fd link nor its id string has a
+    /// vCPU id (e.g. it could not be read, and the kernel writes no id in the link).
+    #[error("process {pid}'s stats fd {fd} names no vCPU: {why}")]
+    UnattributedStats {
+        /// The VMM.
+        pid: u32,
+        /// The fd in the VMM.
+        fd: i32,
+        /// Why (the read error, or the id string it has).
+        why: Box<Unavailable>,
+    },
+    /// A stats file whose id string is not a vCPU's (`kvm-<tid>/vcpu-<id>`).
+    #[error("its id string is {0:?}, not a vCPU's")]
+    NotVcpuStats(String),
     /// The VMM holds no fd of the vCPU at all (it closed it).
     #[error("process {pid} holds no fd of it")]
     NoVcpuFd {
@@ -112,8 +128,6 @@ pub enum Unavailable {
     /// The stats file does not decode.
     #[error("malformed stats file: {source}")]
     Malformed {
-        /// The vCPU.
-        vcpu: u32,
         /// Why.
         source: ParseError,
     },
@@ -181,23 +195,48 @@ pub fn kvm_fds(proc_root: &Path, pid: u32) -> Result<Vec<(i32, KvmFd)>, Unavaila
     Ok(fds)
 }
 
+/// The per-vCPU statistics of one VM, as [`read_vm`] and [`read_vm_raw`] find them.
+#[derive(Debug)]
+pub struct VmStats<T> {
+    /// By vcpu_id: the statistics, or why they cannot be read. vCPUs the process holds no fd
+    /// of are not in the map.
+    pub vcpus: BTreeMap<u32, Result<T, Unavailable>>,
+    /// Stats fds of the VMM that could not be attributed to a vCPU
+    /// ([`Unavailable::UnattributedStats`]).
+    pub unattributed: Vec<Unavailable>,
+}
+
+impl<T> Default for VmStats<T> {
+    fn default() -> Self {
+        VmStats {
+            vcpus: BTreeMap::new(),
+            unattributed: Vec::new(),
+        }
+    }
+}
+
 /// The per-vCPU statistics of the one VM process `pid` created (`vms_of_pid` is how many VMs
-/// it created: KVM's debugfs directories `<pid>-*`), by vcpu_id; a vCPU whose statistics cannot
-/// be read maps to why. vCPUs the process holds no fd of are not in the map. An error for the
-/// whole VM comes back as `Err`.
+/// it created: KVM's debugfs directories `<pid>-*`). A vCPU whose statistics cannot be read
+/// maps to why, and one bad stats fd costs only its own vCPU; an error for the whole VM (no
+/// such process, no permission, several VMs) comes back as `Err`.
 pub fn read_vm(
     proc_root: &Path,
     pid: u32,
     vms_of_pid: usize,
-) -> Result<BTreeMap<u32, Result<Stats, Unavailable>>, Unavailable> {
-    Ok(read_vm_raw(proc_root, pid, vms_of_pid)?
-        .into_iter()
-        .map(|(id, r)| (id, r.map(|(stats, _)| stats)))
-        .collect())
+) -> Result<VmStats<Stats>, Unavailable> {
+    let raw = read_vm_raw(proc_root, pid, vms_of_pid)?;
+    Ok(VmStats {
+        vcpus: raw
+            .vcpus
+            .into_iter()
+            .map(|(id, r)| (id, r.map(|(stats, _)| stats)))
+            .collect(),
+        unattributed: raw.unattributed,
+    })
 }
 
-/// What [`read_vm_raw`] returns for a VM: by vcpu_id, the stats and the bytes of the file.
-pub type RawVm = BTreeMap<u32, Result<(Stats, Vec<u8>), Unavailable>>;
+/// What [`read_vm_raw`] returns for a VM: each vCPU's stats and the bytes of its file.
+pub type RawVm = VmStats<(Stats, Vec<u8>)>;
 
 /// [`read_vm`], each vCPU's stats with the bytes of its stats file (to record fixtures).
 pub fn read_vm_raw(proc_root: &Path, pid: u32, vms_of_pid: usize) -> Result<RawVm, Unavailable> {
@@ -211,11 +250,21 @@ pub fn read_vm_raw(proc_root: &Path, pid: u32, vms_of_pid: usize) -> Result<RawV
         });
     }
     let fds = kvm_fds(proc_root, pid)?;
-    let vm_fds = fds.iter().filter(|(_, k)| *k == KvmFd::Vm).count();
-    if vm_fds > 1 {
-        return Err(Unavailable::Ambiguous { pid, vms: vm_fds });
+    // A VMM may hold several fds of one VM (dup()): count the distinct open files.
+    let vm_fds: Vec<i32> = fds
+        .iter()
+        .filter(|(_, k)| *k == KvmFd::Vm)
+        .map(|&(fd, _)| fd)
+        .collect();
+    let vms = if vm_fds.len() > 1 {
+        distinct_files(pid, &vm_fds)
+    } else {
+        vm_fds.len()
+    };
+    if vms > 1 {
+        return Err(Unavailable::Ambiguous { pid, vms });
     }
-    let mut out = RawVm::new();
+    let mut out = RawVm::default();
     if fds.iter().all(|(_, k)| matches!(k, KvmFd::Vm)) {
         return Ok(out);
     }
@@ -228,46 +277,102 @@ pub fn read_vm_raw(proc_root: &Path, pid: u32, vms_of_pid: usize) -> Result<RawV
             Err(e) => Err(os_err(pid, format!("pidfd_getfd({pid}, {fd})"), e)),
         }
     };
-    let read = |file: &File, vcpu: u32| -> Result<(Stats, Vec<u8>), Unavailable> {
+    let read = |file: &File, what: &str| -> Result<(Stats, Vec<u8>), Unavailable> {
         let buf = read_stats_file(file)
-            .map_err(|e| os_err(pid, format!("reading the stats of vCPU {vcpu}"), e))?;
-        let stats = parse(&buf).map_err(|source| Unavailable::Malformed { vcpu, source })?;
+            .map_err(|e| os_err(pid, format!("reading the stats of {what}"), e))?;
+        let stats = parse(&buf).map_err(|source| Unavailable::Malformed { source })?;
         Ok((stats, buf))
     };
-    // The stats fds the VMM holds.
+    // The stats fds the VMM holds. A file that cannot be read is that vCPU's problem (or,
+    // when neither link nor id string names its vCPU, reported as unattributed).
     for &(fd, kind) in &fds {
         let KvmFd::VcpuStats(linked) = kind else {
             continue;
         };
-        if linked.is_some_and(|id| out.get(&id).is_some_and(Result::is_ok)) {
+        if linked.is_some_and(|id| out.vcpus.get(&id).is_some_and(Result::is_ok)) {
             continue;
         }
         let Some(f) = take(fd)? else { continue };
-        let (stats, buf) = read(&File::from(f), linked.unwrap_or(u32::MAX))?;
+        let what = linked.map_or(format!("stats fd {fd}"), |id| format!("vCPU {id}"));
+        let r = read(&File::from(f), &what);
         // The id's pid is the thread that created the vCPU (QEMU: the vCPU's own thread), so
-        // only its vcpu_id is of use.
-        if let Some((_, id)) = stats.vcpu() {
-            out.insert(id, Ok((stats, buf)));
+        // only its vcpu_id is of use; the link's id (Linux 6.1+) stands in for a file that
+        // cannot be read.
+        let id = match &r {
+            Ok((stats, _)) => stats.vcpu().map(|(_, id)| id),
+            Err(_) => None,
+        }
+        .or(linked);
+        match (id, r) {
+            (Some(id), r) => {
+                if r.is_ok() || !out.vcpus.contains_key(&id) {
+                    out.vcpus.insert(id, r);
+                }
+            }
+            (None, r) => {
+                let why = match r {
+                    Ok((stats, _)) => Unavailable::NotVcpuStats(stats.id),
+                    Err(e) => e,
+                };
+                out.unattributed.push(Unavailable::UnattributedStats {
+                    pid,
+                    fd,
+                    why: Box::new(why),
+                });
+            }
         }
     }
-    // vCPUs without a stats fd: try to make one (KVM refuses outside the VMM's process).
+    // vCPUs without a (readable) stats fd: try to make one (KVM refuses outside the VMM's
+    // process). A failure here does not replace the reason a held stats fd gave.
     for &(fd, kind) in &fds {
         let KvmFd::Vcpu(id) = kind else { continue };
-        if out.contains_key(&id) {
+        if out.vcpus.get(&id).is_some_and(Result::is_ok) {
             continue;
         }
         let Some(vcpu) = take(fd)? else { continue };
         let r = match get_stats_fd(&vcpu) {
-            Ok(file) => read(&file, id),
+            Ok(file) => read(&file, &format!("vCPU {id}")),
             Err(source) => Err(Unavailable::NoStatsFd {
                 pid,
                 vcpu: id,
                 source,
             }),
         };
-        out.insert(id, r);
+        if r.is_ok() || !out.vcpus.contains_key(&id) {
+            out.vcpus.insert(id, r);
+        }
     }
     Ok(out)
+}
+
+/// `KCMP_FILE` of `enum kcmp_type` (include/uapi/linux/kcmp.h): compare two fds' files.
+const KCMP_FILE: libc::c_int = 0;
+
+/// Whether fds `a` and `b` of process `pid` are the same open file (one a dup() of the other),
+/// by kcmp(2) `KCMP_FILE`; an error if the kernel cannot tell (no kcmp: `CONFIG_KCMP`, or no
+/// ptrace access to `pid`).
+pub fn same_file(pid: u32, a: i32, b: i32) -> io::Result<bool> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+    // SAFETY: kcmp(2) takes two pids, a type and two fd numbers, all by value, and returns
+    // 0 (same), 1..=3 (ordered, different) or -1; no memory is passed.
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, pid, pid, KCMP_FILE, a, b) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(r == 0)
+}
+
+/// How many distinct open files the fds `fds` of process `pid` are ([`same_file`]). Fds the
+/// kernel cannot compare count as distinct, so a VMM is never taken for holding fewer VMs
+/// than it does.
+pub fn distinct_files(pid: u32, fds: &[i32]) -> usize {
+    let mut kept: Vec<i32> = Vec::new();
+    for &fd in fds {
+        if !kept.iter().any(|&k| same_file(pid, k, fd).unwrap_or(false)) {
+            kept.push(fd);
+        }
+    }
+    kept.len()
 }
 
 /// The process (thread group) of thread `tid`, from `<proc_root>/<tid>/status`; `None` if
@@ -347,7 +452,13 @@ pub fn fill_from(
         let n = vms_of_pid(root, proc_root, vm.pid).max(1);
         let read = read_vm(proc_root, vm.pid, n);
         let per_vcpu = match read {
-            Ok(m) => m,
+            Ok(m) => {
+                for e in &m.unattributed {
+                    rep.notes
+                        .push(format!("{}: per-vCPU statistics: {e}", vm.vm));
+                }
+                m.vcpus
+            }
             Err(e) => {
                 rep.notes
                     .push(format!("{}: per-vCPU statistics: {e}", vm.vm));
@@ -467,5 +578,84 @@ mod tests {
             read_vm(t.path(), 57, 2),
             Err(Unavailable::Ambiguous { pid: 57, vms: 2 })
         ));
+    }
+
+    /// A file of this process with `content`, as an fd number (closed when the File drops).
+    fn file_with(dir: &Path, name: &str, content: &[u8]) -> File {
+        let p = dir.join(name);
+        fs::write(&p, content).expect("write");
+        File::open(p).expect("open")
+    }
+
+    #[test]
+    fn dup_fds_are_one_file() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let a = file_with(t.path(), "a", b"x");
+        let b = a.try_clone().expect("dup");
+        let c = File::open(t.path().join("a")).expect("open again");
+        let pid = std::process::id();
+        let (a, b, c) = (a.as_raw_fd(), b.as_raw_fd(), c.as_raw_fd());
+        match same_file(pid, a, b) {
+            Ok(same) => {
+                assert!(same, "a dup() is the same file");
+                assert_eq!(
+                    same_file(pid, a, c).ok(),
+                    Some(false),
+                    "a second open is not"
+                );
+                assert_eq!(distinct_files(pid, &[a, b]), 1);
+                assert_eq!(distinct_files(pid, &[a, b, c, b]), 2);
+            }
+            // No kcmp on this kernel: nothing is merged.
+            Err(e) => {
+                eprintln!("kcmp: {e}");
+                assert_eq!(distinct_files(pid, &[a, b, c]), 3);
+            }
+        }
+    }
+
+    #[test]
+    fn a_bad_stats_fd_costs_only_its_vcpu() {
+        // This process stands in for the VMM: a recorded fd table whose links name KVM files
+        // at fds that really are (unreadable as stats) files of this process.
+        let t = tempfile::tempdir().expect("tempdir");
+        let pid = std::process::id();
+        let short = file_with(t.path(), "short", b"not a stats file");
+        let zero = file_with(t.path(), "zero", &[0; 64]);
+        let vcpu7 = file_with(t.path(), "vcpu7", b"");
+        let fd = t.path().join(format!("{pid}/fd"));
+        fs::create_dir_all(&fd).expect("mkdir");
+        for (n, target) in [
+            (short.as_raw_fd(), "anon_inode:kvm-vcpu-stats:7"),
+            (zero.as_raw_fd(), "anon_inode:kvm-vcpu-stats"),
+            (vcpu7.as_raw_fd(), "anon_inode:kvm-vcpu:7"),
+        ] {
+            std::os::unix::fs::symlink(target, fd.join(n.to_string())).expect("symlink");
+        }
+        let m = match read_vm_raw(t.path(), pid, 1) {
+            Err(Unavailable::NoPidfd) => return,
+            r => r.expect("one bad fd must not fail the VM"),
+        };
+        // vCPU 7's held stats file cannot be read: that is its reason, not the EIO/ENOTTY of
+        // the fallback on its vCPU fd.
+        assert!(
+            matches!(m.vcpus.get(&7), Some(Err(Unavailable::Io { .. }))),
+            "{m:?}"
+        );
+        assert_eq!(m.vcpus.len(), 1, "{m:?}");
+        // The stats fd without an id (and a zeroed header) is reported, not dropped.
+        match m.unattributed.as_slice() {
+            [Unavailable::UnattributedStats { pid: p, fd, why }] => {
+                assert_eq!((*p, *fd), (pid, zero.as_raw_fd()));
+                assert!(
+                    matches!(
+                        **why,
+                        Unavailable::Io { .. } | Unavailable::Malformed { .. }
+                    ),
+                    "{why:?}"
+                );
+            }
+            other => panic!("expected one unattributed stats fd, got {other:?}"),
+        }
     }
 }

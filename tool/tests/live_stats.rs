@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::Path;
 
 use kvm_ioctls::Kvm;
@@ -61,12 +61,23 @@ fn reads_the_vcpus_of_a_vm_in_this_process() {
         "{fds:?}"
     );
 
+    // A VMM that dup()s its VM fd still holds one VM (told apart with kcmp(2)).
+    // SAFETY: `vm` is open for the whole borrow, which ends with the statement.
+    let vm_dup = unsafe { BorrowedFd::borrow_raw(vm.as_raw_fd()) }
+        .try_clone_to_owned()
+        .expect("dup the VM fd");
+    let fds = vcpustats::kvm_fds(Path::new("/proc"), pid).expect("own fds");
+    assert!(
+        fds.contains(&(vm_dup.as_raw_fd(), vcpustats::KvmFd::Vm)),
+        "{fds:?}"
+    );
     let m = vcpustats::read_vm(Path::new("/proc"), pid, 1).expect("read_vm");
     for id in [0, 5] {
         let s = m
+            .vcpus
             .get(&id)
             .and_then(|r| r.as_ref().ok())
-            .unwrap_or_else(|| panic!("vCPU {id}: {:?}", m.get(&id)));
+            .unwrap_or_else(|| panic!("vCPU {id}: {:?}", m.vcpus.get(&id)));
         // The id names the thread that created the vCPU: this test's, not the process.
         assert_eq!(s.vcpu().map(|(_, v)| v), Some(id));
         // Never run: no exits yet.
@@ -106,6 +117,7 @@ fn reads_the_vcpus_of_a_vm_in_this_process() {
     );
     // Named by the user: an unknown name and a histogram are errors, not dashes.
     let hist = m
+        .vcpus
         .get(&0)
         .and_then(|r| r.as_ref().ok())
         .and_then(|s| s.stats.iter().find(|st| st.values.len() > 1))
