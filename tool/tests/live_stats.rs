@@ -1,6 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0-only OR Apache-2.0
-//! The per-vCPU statistics reader on a real VM of this process (any KVM host; skipped without
-//! /dev/kvm): stats fds the "VMM" holds, vCPUs without one, and the names `fill` checks.
+//! The per-vCPU statistics reader on a real VM of this process (any KVM host): stats fds the
+//! "VMM" holds, vCPUs without one, a dup()ed VM fd, and the names `fill` checks.
+//!
+//! It needs a usable /dev/kvm. Without one it prints `skipped: ...` to stderr and returns, which
+//! cargo counts as a pass; with `VTLKIT_REQUIRE_KVM=1` in the environment (a host that must have
+//! KVM) a missing /dev/kvm fails the test instead.
 //!
 //! This process is the VMM here, so the fallback (KVM_GET_STATS_FD on a duplicate of the vCPU
 //! fd) works; from another process KVM refuses it with EIO, which the in-guest test covers.
@@ -36,9 +40,17 @@ fn vm_info(pid: u32, fd: i32, ids: &[u32]) -> VmInfo {
 
 #[test]
 fn reads_the_vcpus_of_a_vm_in_this_process() {
-    let Ok(kvm) = Kvm::new() else {
-        eprintln!("skipped: no usable /dev/kvm");
-        return;
+    let kvm = match Kvm::new() {
+        Ok(kvm) => kvm,
+        Err(e) if std::env::var_os("VTLKIT_REQUIRE_KVM").is_some_and(|v| v == "1") => {
+            panic!("VTLKIT_REQUIRE_KVM=1, but /dev/kvm is not usable: {e}")
+        }
+        Err(e) => {
+            eprintln!(
+                "skipped: no usable /dev/kvm ({e}); VTLKIT_REQUIRE_KVM=1 makes this a failure"
+            );
+            return;
+        }
     };
     let vm = kvm.create_vm().expect("KVM_CREATE_VM");
     let v0 = vm.create_vcpu(0).expect("vCPU 0");
