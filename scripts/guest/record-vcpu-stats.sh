@@ -1,7 +1,7 @@
 #!/bin/sh
 # Run in the test guest (VTLKIT_GUEST_SCRIPT=record-vcpu-stats scripts/boot.sh): start a
 # vtlctl demo VM and print the raw KVM stats file of one of its vCPUs as hex (`xxd -p` style,
-# what tool/tests/fixtures/vcpu-stats-*.hex hold) between markers, then what `vtlctl show`
+# what uapi/tests/fixtures/vcpu-stats-*.hex hold) between markers, then what `vtlctl show`
 # makes of the VM.
 set -e
 vcpu=${1:-1}

@@ -154,8 +154,9 @@ fn run_once(v: Variant, ipis: u32) -> Result<Sample> {
     Ok(Sample { secs, tsc_cycles })
 }
 
-/// The median of non-empty `v` (mean of the middle two for an even count).
-fn median(mut v: Vec<f64>) -> Option<f64> {
+/// The median of `v` (mean of the middle two for an even count); `None` if empty. Shared with
+/// [`crate::bench_vtl`].
+pub(crate) fn median(mut v: Vec<f64>) -> Option<f64> {
     v.sort_by(f64::total_cmp);
     let n = v.len();
     match n {

@@ -21,10 +21,13 @@
 //! ```
 //! Figures only: nothing about speed is asserted.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::bench::median;
 use crate::guest::{pcpu, ucall};
 use crate::hyperv::{self, call, control, Program, Step};
 use crate::vm::DEFAULT_TIMEOUT;
@@ -60,8 +63,6 @@ pub struct Params {
 
 /// The gate token the guest waits at before the measured loop (GO is 1 once it started).
 const GATE: u64 = 2;
-/// Program step of the measured loop.
-const MEASURED_STEP: usize = 5;
 
 /// One repetition: (seconds, TSC cycles) of `ops` operations.
 fn run_once(v: Variant, ops: u32) -> Result<(f64, u64)> {
@@ -77,34 +78,38 @@ fn run_once(v: Variant, ops: u32) -> Result<(f64, u64)> {
         Step::Hcall(enable_partition_vtl(1)),
         vsm.enable_vp_vtl(0, None),
     ];
-    let post = Step::HcallLoop {
+    // Each variant: one operation to warm up, the gate, then the measured loop of `ops`.
+    let post = |count: u64| Step::HcallLoop {
         control: control::word(call::POST_MESSAGE, false, 0, 0),
         rdx: hyperv::scratch_page(v0),
         r8: 0,
-        count: u64::from(ops),
+        count,
     };
-    match v {
+    // HvCallPostMessage calls the handler answered (hcall-exit).
+    let posted = Arc::new(AtomicU64::new(0));
+    let measured = match v {
         Variant::RoundTrip => {
             steps.push(Step::VtlCallLoop(1));
             steps.push(Step::Gate(GATE));
-            steps.push(Step::VtlCallLoop(ops.into()));
+            Step::VtlCallLoop(ops.into())
         }
         Variant::HcallExit => {
             hyperv::enable_synic(&vsm.vm.vcpu(v0)?.fd)?;
-            vsm.on_unhandled_hcall(|_, _, exit| match exit.control.code() {
-                call::POST_MESSAGE => Ok(hyperv::status::SUCCESS),
+            let posted = Arc::clone(&posted);
+            vsm.on_unhandled_hcall(move |_, _, exit| match exit.control.code() {
+                call::POST_MESSAGE => {
+                    posted.fetch_add(1, Ordering::Relaxed);
+                    Ok(hyperv::status::SUCCESS)
+                }
                 other => bail!("unexpected hypercall {other:#x}"),
             });
-            steps.push(Step::HcallLoop {
-                control: control::word(call::POST_MESSAGE, false, 0, 0),
-                rdx: hyperv::scratch_page(v0),
-                r8: 0,
-                count: 1,
-            });
+            steps.push(post(1));
             steps.push(Step::Gate(GATE));
-            steps.push(post);
+            post(ops.into())
         }
-    }
+    };
+    let measured_step = steps.len();
+    steps.push(measured);
     let prog = steps.into_iter().fold(Program::new(), Program::step);
     let loaded = vsm.vm.load_hv_program(v0, &prog)?;
     let running = vsm.start()?;
@@ -121,7 +126,7 @@ fn run_once(v: Variant, ops: u32) -> Result<(f64, u64)> {
         bail!("{ops} operations: {e:#}\nstate: {state}");
     }
     let secs = start.elapsed().as_secs_f64();
-    let cycles = loaded.outcome(&vsm.vm.mem, MEASURED_STEP)?.rax;
+    let cycles = loaded.outcome(&vsm.vm.mem, measured_step)?.rax;
     let stopped = running.stop()?;
     let switches = stopped.switches(0).len() as u64;
     let want = match v {
@@ -131,17 +136,16 @@ fn run_once(v: Variant, ops: u32) -> Result<(f64, u64)> {
     if switches != want {
         bail!("{} switches, expected {want}", switches);
     }
-    Ok((secs, cycles))
-}
-
-fn median(mut v: Vec<f64>) -> Option<f64> {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    match n {
-        0 => None,
-        _ if n % 2 == 1 => Some(v[n / 2]),
-        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    // Every HvCallPostMessage (the warm-up one and the measured ones) reached the handler.
+    let want_posted = match v {
+        Variant::RoundTrip => 0,
+        Variant::HcallExit => u64::from(ops) + 1,
+    };
+    let got_posted = posted.load(Ordering::Relaxed);
+    if got_posted != want_posted {
+        bail!("the handler answered {got_posted} HvCallPostMessage calls, expected {want_posted}");
     }
+    Ok((secs, cycles))
 }
 
 /// Run both variants `p.reps` times and print the results.
@@ -172,16 +176,4 @@ pub fn run(p: Params, out: &mut impl std::io::Write) -> Result<()> {
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn median_odd_even_empty() {
-        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
-        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), Some(2.5));
-        assert_eq!(median(vec![]), None);
-    }
 }

@@ -342,6 +342,7 @@ fn dump_vcpu_stats(root: &Path, vm: &str, vcpu: u32) -> Result<ExitCode> {
     let mut all = vtlctl::vcpustats::read_vm_raw(Path::new("/proc"), pid, n)
         .with_context(|| format!("VM {vm}"))?;
     let (_, raw) = all
+        .vcpus
         .remove(&vcpu)
         .with_context(|| format!("VM {vm} has no vCPU {vcpu}"))?
         .with_context(|| format!("VM {vm} vCPU {vcpu}"))?;

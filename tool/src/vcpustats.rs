@@ -19,247 +19,22 @@
 //!    [`Unavailable::NoStatsFd`] reports.
 //!
 //! Neither the fd link nor the id string names the VM: a process that created (or holds) several
-//! VMs is [`Unavailable::Ambiguous`]. KVM names the debugfs directory after the *thread* that
+//! VMs is [`Unavailable::Ambiguous`]. Several `kvm-vm` fds that are dup()s of one VM fd are one
+//! VM ([`distinct_files`], kcmp(2); a kernel without `CONFIG_KCMP` cannot tell, and they count
+//! as several). KVM names the debugfs directory after the *thread* that
 //! created the VM; its process's fds are read.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use kvm_bindings::{kvm_stats_desc, kvm_stats_header};
-
-/// `struct kvm_stats_header`'s size: flags, name_size, num_desc, id_offset, desc_offset,
-/// data_offset (u32 each).
-pub const HEADER_SIZE: usize = std::mem::size_of::<kvm_stats_header>();
-/// `struct kvm_stats_desc`'s size without its name (which is `name_size` bytes).
-pub const DESC_SIZE: usize = std::mem::size_of::<kvm_stats_desc>();
-/// Bigger than any stats file KVM writes (a few KiB): a header asking for more is malformed.
-const MAX_FILE: usize = 1 << 20;
-
-/// How a statistic's values are to be read (`KVM_STATS_TYPE_*`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StatKind {
-    /// Only ever grows (a counter).
-    Cumulative,
-    /// A current value.
-    Instant,
-    /// The highest value seen.
-    Peak,
-    /// A linear histogram (`size` buckets).
-    LinearHist,
-    /// A logarithmic histogram (`size` buckets).
-    LogHist,
-    /// A type this code does not know.
-    Other(u32),
-}
-
-impl StatKind {
-    fn from_flags(flags: u32) -> Self {
-        let t = (flags & kvm_bindings::KVM_STATS_TYPE_MASK) >> kvm_bindings::KVM_STATS_TYPE_SHIFT;
-        match t {
-            kvm_bindings::KVM_STATS_TYPE_CUMULATIVE => StatKind::Cumulative,
-            kvm_bindings::KVM_STATS_TYPE_INSTANT => StatKind::Instant,
-            kvm_bindings::KVM_STATS_TYPE_PEAK => StatKind::Peak,
-            kvm_bindings::KVM_STATS_TYPE_LINEAR_HIST => StatKind::LinearHist,
-            kvm_bindings::KVM_STATS_TYPE_LOG_HIST => StatKind::LogHist,
-            t => StatKind::Other(t),
-        }
-    }
-}
-
-/// One statistic of a stats file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stat {
-    /// Its name, e.g. `hv_vtl_exits`.
-    pub name: String,
-    /// Its type.
-    pub kind: StatKind,
-    /// Its values: one for counters, instants and peaks, one per bucket for histograms.
-    pub values: Vec<u64>,
-}
-
-impl Stat {
-    /// The value of a single-valued statistic (not a histogram); `None` otherwise.
-    pub fn value(&self) -> Option<u64> {
-        match (self.kind, self.values.as_slice()) {
-            (StatKind::Cumulative | StatKind::Instant | StatKind::Peak, [v]) => Some(*v),
-            _ => None,
-        }
-    }
-}
-
-/// A decoded stats file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stats {
-    /// The id string, e.g. `kvm-57/vcpu-3` for vCPU 3 of a VM that process 57 created.
-    pub id: String,
-    /// The statistics, in the file's order.
-    pub stats: Vec<Stat>,
-}
-
-impl Stats {
-    /// The statistic called `name`.
-    pub fn get(&self, name: &str) -> Option<&Stat> {
-        self.stats.iter().find(|s| s.name == name)
-    }
-
-    /// The names of the statistics, in the file's order.
-    pub fn names(&self) -> Vec<&str> {
-        self.stats.iter().map(|s| s.name.as_str()).collect()
-    }
-
-    /// The id of the thread that created the vCPU and the vcpu_id, when the id string is a
-    /// vCPU's (`kvm-<tid>/vcpu-<vcpu id>`).
-    pub fn vcpu(&self) -> Option<(u32, u32)> {
-        parse_vcpu_id_string(&self.id)
-    }
-}
-
-/// Parse a vCPU stats id string `kvm-<pid>/vcpu-<vcpu id>`.
-pub fn parse_vcpu_id_string(id: &str) -> Option<(u32, u32)> {
-    let (vm, vcpu) = id.strip_prefix("kvm-")?.split_once("/vcpu-")?;
-    Some((vm.parse().ok()?, vcpu.parse().ok()?))
-}
-
-/// A stats file that is not what KVM writes.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ParseError {
-    /// The buffer ends before something the header points at.
-    #[error("truncated: {what} needs bytes {start}..{end}, the file has {len}")]
-    Truncated {
-        /// What was being read.
-        what: String,
-        /// Its first byte.
-        start: usize,
-        /// One past its last byte.
-        end: usize,
-        /// The buffer's length.
-        len: usize,
-    },
-    /// A header field out of any sane range.
-    #[error("bad header: {0}")]
-    Header(String),
-}
-
-fn u32_at(buf: &[u8], at: usize, what: &str) -> Result<u32, ParseError> {
-    let b = slice(buf, at, 4, what)?;
-    Ok(u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-}
-
-fn slice<'a>(buf: &'a [u8], start: usize, len: usize, what: &str) -> Result<&'a [u8], ParseError> {
-    let end = start.saturating_add(len);
-    buf.get(start..end).ok_or_else(|| ParseError::Truncated {
-        what: what.to_string(),
-        start,
-        end,
-        len: buf.len(),
-    })
-}
-
-/// A NUL-terminated string in a fixed-size field.
-fn cstr(b: &[u8]) -> String {
-    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-    String::from_utf8_lossy(&b[..end]).into_owned()
-}
-
-/// The header fields [`parse`] and [`read_stats_file`] need.
-#[derive(Debug, Clone, Copy)]
-struct Header {
-    name_size: usize,
-    num_desc: usize,
-    id_offset: usize,
-    desc_offset: usize,
-    data_offset: usize,
-}
-
-fn parse_header(buf: &[u8]) -> Result<Header, ParseError> {
-    let f = |i: usize, what: &str| -> Result<usize, ParseError> {
-        Ok(u32_at(buf, i * 4, what)? as usize)
-    };
-    let h = Header {
-        name_size: f(1, "header")?,
-        num_desc: f(2, "header")?,
-        id_offset: f(3, "header")?,
-        desc_offset: f(4, "header")?,
-        data_offset: f(5, "header")?,
-    };
-    if h.name_size == 0 || h.name_size > 4096 {
-        return Err(ParseError::Header(format!("name_size {}", h.name_size)));
-    }
-    if h.num_desc.saturating_mul(DESC_SIZE + h.name_size) > MAX_FILE {
-        return Err(ParseError::Header(format!("num_desc {}", h.num_desc)));
-    }
-    Ok(h)
-}
-
-impl Header {
-    fn desc_end(&self) -> usize {
-        self.desc_offset + self.num_desc * (DESC_SIZE + self.name_size)
-    }
-}
-
-/// Where the data block ends: past the last value of any descriptor.
-fn data_end(h: &Header, buf: &[u8]) -> Result<usize, ParseError> {
-    let mut end = h.data_offset;
-    for i in 0..h.num_desc {
-        let at = h.desc_offset + i * (DESC_SIZE + h.name_size);
-        let d = slice(buf, at, DESC_SIZE, &format!("descriptor {i}"))?;
-        let size = usize::from(u16::from_ne_bytes([d[6], d[7]]));
-        let offset = u32::from_ne_bytes([d[8], d[9], d[10], d[11]]) as usize;
-        end = end.max(h.data_offset + offset + size * 8);
-    }
-    if end > MAX_FILE {
-        return Err(ParseError::Header(format!("data ends at byte {end}")));
-    }
-    Ok(end)
-}
-
-/// Decode a whole stats file (header, id string, descriptors, data), as
-/// [`read_stats_file`] returns it.
-pub fn parse(buf: &[u8]) -> Result<Stats, ParseError> {
-    let h = parse_header(buf)?;
-    let id = cstr(slice(buf, h.id_offset, h.name_size, "id string")?);
-    let mut stats = Vec::with_capacity(h.num_desc);
-    for i in 0..h.num_desc {
-        let at = h.desc_offset + i * (DESC_SIZE + h.name_size);
-        let d = slice(buf, at, DESC_SIZE + h.name_size, &format!("descriptor {i}"))?;
-        let flags = u32::from_ne_bytes([d[0], d[1], d[2], d[3]]);
-        let size = usize::from(u16::from_ne_bytes([d[6], d[7]]));
-        let offset = u32::from_ne_bytes([d[8], d[9], d[10], d[11]]) as usize;
-        let name = cstr(&d[DESC_SIZE..]);
-        let what = format!("the data of {name}");
-        let raw = slice(buf, h.data_offset + offset, size * 8, &what)?;
-        let values = raw
-            .chunks_exact(8)
-            .map(|c| u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-            .collect();
-        stats.push(Stat {
-            name,
-            kind: StatKind::from_flags(flags),
-            values,
-        });
-    }
-    Ok(Stats { id, stats })
-}
-
-/// The whole content of a stats file: the header first, then everything it points at.
-pub fn read_stats_file(file: &File) -> io::Result<Vec<u8>> {
-    let bad = |e: ParseError| io::Error::new(io::ErrorKind::InvalidData, e);
-    let mut head = vec![0u8; HEADER_SIZE];
-    file.read_exact_at(&mut head, 0)?;
-    let h = parse_header(&head).map_err(bad)?;
-    let mut buf = vec![0u8; h.desc_end().max(h.id_offset + h.name_size)];
-    file.read_exact_at(&mut buf, 0)?;
-    let end = data_end(&h, &buf).map_err(bad)?;
-    if end > buf.len() {
-        buf.resize(end, 0);
-        file.read_exact_at(&mut buf, 0)?;
-    }
-    Ok(buf)
-}
+/// The stats file decoder is the uapi crate's ([`vtlkit_uapi::stats`]).
+pub use vtlkit_uapi::stats::{
+    get_stats_fd, parse, parse_vcpu_id_string, read_stats_file, ParseError, Stat, StatKind, Stats,
+    DESC_SIZE, HEADER_SIZE,
+};
 
 /// What a `/proc/<pid>/fd/N` link says the fd is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -328,6 +103,20 @@ pub enum Unavailable {
         /// What KVM_GET_STATS_FD said (EIO: not the VM's process).
         source: io::Error,
     },
+    /// A stats fd of the VMM that names no vCPU: neither its fd link nor its id string has a
+    /// vCPU id (e.g. it could not be read, and the kernel writes no id in the link).
+    #[error("process {pid}'s stats fd {fd} names no vCPU: {why}")]
+    UnattributedStats {
+        /// The VMM.
+        pid: u32,
+        /// The fd in the VMM.
+        fd: i32,
+        /// Why (the read error, or the id string it has).
+        why: Box<Unavailable>,
+    },
+    /// A stats file whose id string is not a vCPU's (`kvm-<tid>/vcpu-<id>`).
+    #[error("its id string is {0:?}, not a vCPU's")]
+    NotVcpuStats(String),
     /// The VMM holds no fd of the vCPU at all (it closed it).
     #[error("process {pid} holds no fd of it")]
     NoVcpuFd {
@@ -339,8 +128,6 @@ pub enum Unavailable {
     /// The stats file does not decode.
     #[error("malformed stats file: {source}")]
     Malformed {
-        /// The vCPU.
-        vcpu: u32,
         /// Why.
         source: ParseError,
     },
@@ -376,16 +163,6 @@ fn pidfd_getfd(pidfd: &OwnedFd, fd: i32) -> io::Result<OwnedFd> {
     syscall_fd(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) })
 }
 
-/// `KVM_GET_STATS_FD` on a vCPU fd (only the VM's own process may: other processes get
-/// `EIO`). A VMM that keeps the returned file open lets `vtlctl` read the vCPU's statistics.
-pub fn get_stats_fd(vcpu: &impl AsRawFd) -> io::Result<File> {
-    let nr = libc::c_ulong::from(vtlkit_uapi::raw::VTLKIT_KVM_GET_STATS_FD);
-    // SAFETY: KVM_GET_STATS_FD takes no argument and returns a new fd or -1; `vcpu` is a live
-    // fd borrowed for the call (KVM checks that it is a vCPU fd).
-    let r = unsafe { libc::ioctl(vcpu.as_raw_fd(), nr, 0) };
-    Ok(File::from(syscall_fd(libc::c_long::from(r))?))
-}
-
 fn os_err(pid: u32, what: String, e: io::Error) -> Unavailable {
     match e.raw_os_error() {
         Some(libc::ESRCH) => Unavailable::VmmGone(pid),
@@ -418,23 +195,48 @@ pub fn kvm_fds(proc_root: &Path, pid: u32) -> Result<Vec<(i32, KvmFd)>, Unavaila
     Ok(fds)
 }
 
+/// The per-vCPU statistics of one VM, as [`read_vm`] and [`read_vm_raw`] find them.
+#[derive(Debug)]
+pub struct VmStats<T> {
+    /// By vcpu_id: the statistics, or why they cannot be read. vCPUs the process holds no fd
+    /// of are not in the map.
+    pub vcpus: BTreeMap<u32, Result<T, Unavailable>>,
+    /// Stats fds of the VMM that could not be attributed to a vCPU
+    /// ([`Unavailable::UnattributedStats`]).
+    pub unattributed: Vec<Unavailable>,
+}
+
+impl<T> Default for VmStats<T> {
+    fn default() -> Self {
+        VmStats {
+            vcpus: BTreeMap::new(),
+            unattributed: Vec::new(),
+        }
+    }
+}
+
 /// The per-vCPU statistics of the one VM process `pid` created (`vms_of_pid` is how many VMs
-/// it created: KVM's debugfs directories `<pid>-*`), by vcpu_id; a vCPU whose statistics cannot
-/// be read maps to why. vCPUs the process holds no fd of are not in the map. An error for the
-/// whole VM comes back as `Err`.
+/// it created: KVM's debugfs directories `<pid>-*`). A vCPU whose statistics cannot be read
+/// maps to why, and one bad stats fd costs only its own vCPU; an error for the whole VM (no
+/// such process, no permission, several VMs) comes back as `Err`.
 pub fn read_vm(
     proc_root: &Path,
     pid: u32,
     vms_of_pid: usize,
-) -> Result<BTreeMap<u32, Result<Stats, Unavailable>>, Unavailable> {
-    Ok(read_vm_raw(proc_root, pid, vms_of_pid)?
-        .into_iter()
-        .map(|(id, r)| (id, r.map(|(stats, _)| stats)))
-        .collect())
+) -> Result<VmStats<Stats>, Unavailable> {
+    let raw = read_vm_raw(proc_root, pid, vms_of_pid)?;
+    Ok(VmStats {
+        vcpus: raw
+            .vcpus
+            .into_iter()
+            .map(|(id, r)| (id, r.map(|(stats, _)| stats)))
+            .collect(),
+        unattributed: raw.unattributed,
+    })
 }
 
-/// What [`read_vm_raw`] returns for a VM: by vcpu_id, the stats and the bytes of the file.
-pub type RawVm = BTreeMap<u32, Result<(Stats, Vec<u8>), Unavailable>>;
+/// What [`read_vm_raw`] returns for a VM: each vCPU's stats and the bytes of its file.
+pub type RawVm = VmStats<(Stats, Vec<u8>)>;
 
 /// [`read_vm`], each vCPU's stats with the bytes of its stats file (to record fixtures).
 pub fn read_vm_raw(proc_root: &Path, pid: u32, vms_of_pid: usize) -> Result<RawVm, Unavailable> {
@@ -448,11 +250,21 @@ pub fn read_vm_raw(proc_root: &Path, pid: u32, vms_of_pid: usize) -> Result<RawV
         });
     }
     let fds = kvm_fds(proc_root, pid)?;
-    let vm_fds = fds.iter().filter(|(_, k)| *k == KvmFd::Vm).count();
-    if vm_fds > 1 {
-        return Err(Unavailable::Ambiguous { pid, vms: vm_fds });
+    // A VMM may hold several fds of one VM (dup()): count the distinct open files.
+    let vm_fds: Vec<i32> = fds
+        .iter()
+        .filter(|(_, k)| *k == KvmFd::Vm)
+        .map(|&(fd, _)| fd)
+        .collect();
+    let vms = if vm_fds.len() > 1 {
+        distinct_files(pid, &vm_fds)
+    } else {
+        vm_fds.len()
+    };
+    if vms > 1 {
+        return Err(Unavailable::Ambiguous { pid, vms });
     }
-    let mut out = RawVm::new();
+    let mut out = RawVm::default();
     if fds.iter().all(|(_, k)| matches!(k, KvmFd::Vm)) {
         return Ok(out);
     }
@@ -465,46 +277,102 @@ pub fn read_vm_raw(proc_root: &Path, pid: u32, vms_of_pid: usize) -> Result<RawV
             Err(e) => Err(os_err(pid, format!("pidfd_getfd({pid}, {fd})"), e)),
         }
     };
-    let read = |file: &File, vcpu: u32| -> Result<(Stats, Vec<u8>), Unavailable> {
+    let read = |file: &File, what: &str| -> Result<(Stats, Vec<u8>), Unavailable> {
         let buf = read_stats_file(file)
-            .map_err(|e| os_err(pid, format!("reading the stats of vCPU {vcpu}"), e))?;
-        let stats = parse(&buf).map_err(|source| Unavailable::Malformed { vcpu, source })?;
+            .map_err(|e| os_err(pid, format!("reading the stats of {what}"), e))?;
+        let stats = parse(&buf).map_err(|source| Unavailable::Malformed { source })?;
         Ok((stats, buf))
     };
-    // The stats fds the VMM holds.
+    // The stats fds the VMM holds. A file that cannot be read is that vCPU's problem (or,
+    // when neither link nor id string names its vCPU, reported as unattributed).
     for &(fd, kind) in &fds {
         let KvmFd::VcpuStats(linked) = kind else {
             continue;
         };
-        if linked.is_some_and(|id| out.get(&id).is_some_and(Result::is_ok)) {
+        if linked.is_some_and(|id| out.vcpus.get(&id).is_some_and(Result::is_ok)) {
             continue;
         }
         let Some(f) = take(fd)? else { continue };
-        let (stats, buf) = read(&File::from(f), linked.unwrap_or(u32::MAX))?;
+        let what = linked.map_or(format!("stats fd {fd}"), |id| format!("vCPU {id}"));
+        let r = read(&File::from(f), &what);
         // The id's pid is the thread that created the vCPU (QEMU: the vCPU's own thread), so
-        // only its vcpu_id is of use.
-        if let Some((_, id)) = stats.vcpu() {
-            out.insert(id, Ok((stats, buf)));
+        // only its vcpu_id is of use; the link's id (Linux 6.1+) stands in for a file that
+        // cannot be read.
+        let id = match &r {
+            Ok((stats, _)) => stats.vcpu().map(|(_, id)| id),
+            Err(_) => None,
+        }
+        .or(linked);
+        match (id, r) {
+            (Some(id), r) => {
+                if r.is_ok() || !out.vcpus.contains_key(&id) {
+                    out.vcpus.insert(id, r);
+                }
+            }
+            (None, r) => {
+                let why = match r {
+                    Ok((stats, _)) => Unavailable::NotVcpuStats(stats.id),
+                    Err(e) => e,
+                };
+                out.unattributed.push(Unavailable::UnattributedStats {
+                    pid,
+                    fd,
+                    why: Box::new(why),
+                });
+            }
         }
     }
-    // vCPUs without a stats fd: try to make one (KVM refuses outside the VMM's process).
+    // vCPUs without a (readable) stats fd: try to make one (KVM refuses outside the VMM's
+    // process). A failure here does not replace the reason a held stats fd gave.
     for &(fd, kind) in &fds {
         let KvmFd::Vcpu(id) = kind else { continue };
-        if out.contains_key(&id) {
+        if out.vcpus.get(&id).is_some_and(Result::is_ok) {
             continue;
         }
         let Some(vcpu) = take(fd)? else { continue };
         let r = match get_stats_fd(&vcpu) {
-            Ok(file) => read(&file, id),
+            Ok(file) => read(&file, &format!("vCPU {id}")),
             Err(source) => Err(Unavailable::NoStatsFd {
                 pid,
                 vcpu: id,
                 source,
             }),
         };
-        out.insert(id, r);
+        if r.is_ok() || !out.vcpus.contains_key(&id) {
+            out.vcpus.insert(id, r);
+        }
     }
     Ok(out)
+}
+
+/// `KCMP_FILE` of `enum kcmp_type` (include/uapi/linux/kcmp.h): compare two fds' files.
+const KCMP_FILE: libc::c_int = 0;
+
+/// Whether fds `a` and `b` of process `pid` are the same open file (one a dup() of the other),
+/// by kcmp(2) `KCMP_FILE`; an error if the kernel cannot tell (no kcmp: `CONFIG_KCMP`, or no
+/// ptrace access to `pid`).
+pub fn same_file(pid: u32, a: i32, b: i32) -> io::Result<bool> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+    // SAFETY: kcmp(2) takes two pids, a type and two fd numbers, all by value, and returns
+    // 0 (same), 1..=3 (ordered, different) or -1; no memory is passed.
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, pid, pid, KCMP_FILE, a, b) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(r == 0)
+}
+
+/// How many distinct open files the fds `fds` of process `pid` are ([`same_file`]). Fds the
+/// kernel cannot compare count as distinct, so a VMM is never taken for holding fewer VMs
+/// than it does.
+pub fn distinct_files(pid: u32, fds: &[i32]) -> usize {
+    let mut kept: Vec<i32> = Vec::new();
+    for &fd in fds {
+        if !kept.iter().any(|&k| same_file(pid, k, fd).unwrap_or(false)) {
+            kept.push(fd);
+        }
+    }
+    kept.len()
 }
 
 /// The process (thread group) of thread `tid`, from `<proc_root>/<tid>/status`; `None` if
@@ -584,7 +452,13 @@ pub fn fill_from(
         let n = vms_of_pid(root, proc_root, vm.pid).max(1);
         let read = read_vm(proc_root, vm.pid, n);
         let per_vcpu = match read {
-            Ok(m) => m,
+            Ok(m) => {
+                for e in &m.unattributed {
+                    rep.notes
+                        .push(format!("{}: per-vCPU statistics: {e}", vm.vm));
+                }
+                m.vcpus
+            }
             Err(e) => {
                 rep.notes
                     .push(format!("{}: per-vCPU statistics: {e}", vm.vm));
@@ -651,147 +525,6 @@ fn list(ids: &[u32]) -> String {
 mod tests {
     use super::*;
 
-    /// A stats file as KVM lays it out: header, id, descriptors, data.
-    pub(crate) fn build(id: &str, stats: &[(&str, u32, &[u64])]) -> Vec<u8> {
-        let name_size = 48usize;
-        let id_offset = HEADER_SIZE;
-        let desc_offset = id_offset + name_size;
-        let data_offset = desc_offset + stats.len() * (DESC_SIZE + name_size);
-        let mut b = Vec::new();
-        for v in [
-            0,
-            name_size,
-            stats.len(),
-            id_offset,
-            desc_offset,
-            data_offset,
-        ] {
-            b.extend_from_slice(&(v as u32).to_ne_bytes());
-        }
-        let name = |s: &str, b: &mut Vec<u8>| {
-            let mut n = s.as_bytes().to_vec();
-            n.resize(name_size, 0);
-            b.extend_from_slice(&n);
-        };
-        name(id, &mut b);
-        let mut off = 0u32;
-        for (n, flags, vals) in stats {
-            b.extend_from_slice(&flags.to_ne_bytes());
-            b.extend_from_slice(&0i16.to_ne_bytes());
-            b.extend_from_slice(&(vals.len() as u16).to_ne_bytes());
-            b.extend_from_slice(&off.to_ne_bytes());
-            b.extend_from_slice(&0u32.to_ne_bytes());
-            name(n, &mut b);
-            off += 8 * vals.len() as u32;
-        }
-        for (_, _, vals) in stats {
-            for v in *vals {
-                b.extend_from_slice(&v.to_ne_bytes());
-            }
-        }
-        b
-    }
-
-    /// A recorded file: `xxd -p` of a stats file, as `vtlctl dump-vcpu-stats` prints it.
-    fn unhex(s: &str) -> Vec<u8> {
-        let digits: Vec<u8> = s.bytes().filter(u8::is_ascii_hexdigit).collect();
-        digits
-            .chunks_exact(2)
-            .map(|p| {
-                let d = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u8;
-                d(p[0]) << 4 | d(p[1])
-            })
-            .collect()
-    }
-
-    #[test]
-    fn layout_matches_the_uapi() {
-        assert_eq!(HEADER_SIZE, 24);
-        assert_eq!(DESC_SIZE, 16);
-    }
-
-    #[test]
-    fn parses_a_built_file() {
-        let hist = kvm_bindings::KVM_STATS_TYPE_LOG_HIST;
-        let b = build(
-            "kvm-57/vcpu-3",
-            &[
-                ("exits", 0, &[12]),
-                ("halt_wait_hist", hist, &[1, 2, 3]),
-                ("hv_vtl_exits", 0, &[5]),
-            ],
-        );
-        let s = parse(&b).expect("parse");
-        assert_eq!(s.id, "kvm-57/vcpu-3");
-        assert_eq!(s.vcpu(), Some((57, 3)));
-        assert_eq!(s.names(), ["exits", "halt_wait_hist", "hv_vtl_exits"]);
-        assert_eq!(s.get("hv_vtl_exits").and_then(Stat::value), Some(5));
-        let h = s.get("halt_wait_hist").expect("hist");
-        assert_eq!(h.kind, StatKind::LogHist);
-        assert_eq!(h.values, [1, 2, 3]);
-        assert_eq!(h.value(), None, "a histogram has no single value");
-        assert!(s.get("nope").is_none());
-    }
-
-    #[test]
-    fn truncated_files_are_errors_not_panics() {
-        let b = build("kvm-1/vcpu-0", &[("exits", 0, &[1]), ("b", 0, &[2])]);
-        for len in 0..b.len() {
-            assert!(
-                parse(&b[..len]).is_err(),
-                "parsed {len} of {} bytes",
-                b.len()
-            );
-        }
-        let e = parse(&b[..b.len() - 1]).expect_err("short");
-        assert!(e.to_string().contains("the data of b"), "{e}");
-        // A header that asks for absurd sizes.
-        let mut bad = b.clone();
-        bad[4..8].copy_from_slice(&0u32.to_ne_bytes());
-        assert!(matches!(parse(&bad), Err(ParseError::Header(_))));
-        let mut bad = b;
-        bad[8..12].copy_from_slice(&u32::MAX.to_ne_bytes());
-        assert!(matches!(parse(&bad), Err(ParseError::Header(_))));
-    }
-
-    #[test]
-    fn recorded_v3_vcpu_stats() {
-        // vCPU 1 of `vtlctl demo --vps 1 --vtls 2` on the series v3 kernel, recorded in the
-        // test guest with `vtlctl dump-vcpu-stats`.
-        let b = unhex(include_str!("../tests/fixtures/vcpu-stats-v3.hex"));
-        let s = parse(&b).expect("parse the recording");
-        let (_, vcpu) = s.vcpu().expect("a vCPU's id string");
-        assert_eq!(vcpu, 1);
-        assert_eq!(s.get("hv_vtl_exits").and_then(Stat::value), Some(0));
-        for n in [
-            "exits",
-            "io_exits",
-            "halt_exits",
-            "hypercalls",
-            "guest_mode",
-        ] {
-            assert!(
-                s.get(n).and_then(Stat::value).is_some(),
-                "{n} in {:?}",
-                s.names()
-            );
-        }
-        assert!(s
-            .stats
-            .iter()
-            .any(|st| st.kind == StatKind::LogHist && st.values.len() > 1));
-    }
-
-    #[test]
-    fn recorded_stock_vcpu_stats_lack_hv_vtl_exits() {
-        // vCPU 0 of a VM on a stock 6.18 host.
-        let b = unhex(include_str!("../tests/fixtures/vcpu-stats-stock-6.18.hex"));
-        let s = parse(&b).expect("parse the recording");
-        assert_eq!(s.vcpu().map(|(_, v)| v), Some(0));
-        assert!(s.get("hv_vtl_exits").is_none());
-        assert!(s.get("exits").and_then(Stat::value).is_some());
-    }
-
     #[test]
     fn fd_links() {
         assert_eq!(classify_fd_link("anon_inode:kvm-vm"), Some(KvmFd::Vm));
@@ -845,5 +578,84 @@ mod tests {
             read_vm(t.path(), 57, 2),
             Err(Unavailable::Ambiguous { pid: 57, vms: 2 })
         ));
+    }
+
+    /// A file of this process with `content`, as an fd number (closed when the File drops).
+    fn file_with(dir: &Path, name: &str, content: &[u8]) -> File {
+        let p = dir.join(name);
+        fs::write(&p, content).expect("write");
+        File::open(p).expect("open")
+    }
+
+    #[test]
+    fn dup_fds_are_one_file() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let a = file_with(t.path(), "a", b"x");
+        let b = a.try_clone().expect("dup");
+        let c = File::open(t.path().join("a")).expect("open again");
+        let pid = std::process::id();
+        let (a, b, c) = (a.as_raw_fd(), b.as_raw_fd(), c.as_raw_fd());
+        match same_file(pid, a, b) {
+            Ok(same) => {
+                assert!(same, "a dup() is the same file");
+                assert_eq!(
+                    same_file(pid, a, c).ok(),
+                    Some(false),
+                    "a second open is not"
+                );
+                assert_eq!(distinct_files(pid, &[a, b]), 1);
+                assert_eq!(distinct_files(pid, &[a, b, c, b]), 2);
+            }
+            // No kcmp on this kernel: nothing is merged.
+            Err(e) => {
+                eprintln!("kcmp: {e}");
+                assert_eq!(distinct_files(pid, &[a, b, c]), 3);
+            }
+        }
+    }
+
+    #[test]
+    fn a_bad_stats_fd_costs_only_its_vcpu() {
+        // This process stands in for the VMM: a recorded fd table whose links name KVM files
+        // at fds that really are (unreadable as stats) files of this process.
+        let t = tempfile::tempdir().expect("tempdir");
+        let pid = std::process::id();
+        let short = file_with(t.path(), "short", b"not a stats file");
+        let zero = file_with(t.path(), "zero", &[0; 64]);
+        let vcpu7 = file_with(t.path(), "vcpu7", b"");
+        let fd = t.path().join(format!("{pid}/fd"));
+        fs::create_dir_all(&fd).expect("mkdir");
+        for (n, target) in [
+            (short.as_raw_fd(), "anon_inode:kvm-vcpu-stats:7"),
+            (zero.as_raw_fd(), "anon_inode:kvm-vcpu-stats"),
+            (vcpu7.as_raw_fd(), "anon_inode:kvm-vcpu:7"),
+        ] {
+            std::os::unix::fs::symlink(target, fd.join(n.to_string())).expect("symlink");
+        }
+        let m = match read_vm_raw(t.path(), pid, 1) {
+            Err(Unavailable::NoPidfd) => return,
+            r => r.expect("one bad fd must not fail the VM"),
+        };
+        // vCPU 7's held stats file cannot be read: that is its reason, not the EIO/ENOTTY of
+        // the fallback on its vCPU fd.
+        assert!(
+            matches!(m.vcpus.get(&7), Some(Err(Unavailable::Io { .. }))),
+            "{m:?}"
+        );
+        assert_eq!(m.vcpus.len(), 1, "{m:?}");
+        // The stats fd without an id (and a zeroed header) is reported, not dropped.
+        match m.unattributed.as_slice() {
+            [Unavailable::UnattributedStats { pid: p, fd, why }] => {
+                assert_eq!((*p, *fd), (pid, zero.as_raw_fd()));
+                assert!(
+                    matches!(
+                        **why,
+                        Unavailable::Io { .. } | Unavailable::Malformed { .. }
+                    ),
+                    "{why:?}"
+                );
+            }
+            other => panic!("expected one unattributed stats fd, got {other:?}"),
+        }
     }
 }

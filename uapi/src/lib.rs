@@ -9,6 +9,7 @@
 #![deny(missing_docs)]
 
 pub mod notify;
+pub mod stats;
 pub mod vtl;
 
 use std::io;

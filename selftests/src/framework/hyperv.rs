@@ -23,7 +23,8 @@
 //! 4. Hypercalls KVM forwards to userspace (`KVM_EXIT_HYPERV`) go to the handler the test
 //!    installed with [`crate::vm::TestVm::on_hyperv_exit`]: it sees the exit ([`HypervExit`])
 //!    with the vCPU ([`ExitCtx`], whose fd allows `KVM_SET_REGS`), sets
-//!    [`HcallExit::result`], and the vCPU resumes with it. Without a handler an HCALL exit
+//!    [`HcallExit::result`], and the vCPU resumes with it
+//!    ([`vtlkit_uapi::vtl::set_hcall_result`]). Without a handler an HCALL exit
 //!    fails the vCPU with a message naming the call; SynIC exits (MSR writes KVM reports)
 //!    are resumed.
 
@@ -31,24 +32,16 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Result};
 use kvm_bindings::{
-    kvm_cpuid_entry2, kvm_enable_cap, kvm_irq_routing_entry, kvm_msr_entry, kvm_run, CpuId, Msrs,
-    KVMIO, KVM_CAP_HYPERV_SYNIC2, KVM_EXIT_HYPERV_HCALL, KVM_EXIT_HYPERV_SYNIC,
+    kvm_cpuid_entry2, kvm_enable_cap, kvm_irq_routing_entry, kvm_irq_routing_hv_sint,
+    kvm_msr_entry, kvm_run, CpuId, Msrs, KVM_CAP_HYPERV_SYNIC2, KVM_EXIT_HYPERV_SYNIC,
     KVM_IRQ_ROUTING_HV_SINT, KVM_MAX_CPUID_ENTRIES,
 };
-use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{Kvm, VcpuFd};
 use vmm_sys_util::ioctl::ioctl_with_mut_ptr;
-use vmm_sys_util::ioctl_iowr_nr;
-use vtlkit_uapi::raw;
+use vtlkit_uapi::{raw, vtl};
 
 use crate::guest::hvprog;
 use crate::vm::{layout, GuestMem};
-
-ioctl_iowr_nr!(
-    KVM_GET_SUPPORTED_HV_CPUID,
-    KVMIO,
-    0xc1,
-    kvm_bindings::kvm_cpuid2
-);
 
 /// Synthetic MSRs (TLFS; Linux `hyperv-tlfs.h`).
 pub mod msr {
@@ -212,7 +205,7 @@ pub fn hv_cpuid(kvm: &Kvm) -> Result<CpuId> {
     let r = unsafe {
         ioctl_with_mut_ptr(
             kvm,
-            KVM_GET_SUPPORTED_HV_CPUID(),
+            libc::c_ulong::from(raw::VTLKIT_KVM_GET_SUPPORTED_HV_CPUID),
             cpuid.as_mut_fam_struct_ptr(),
         )
     };
@@ -238,16 +231,10 @@ pub fn merge_hv_cpuid(base: &CpuId, hv: &CpuId) -> Result<CpuId> {
     CpuId::from_entries(&entries).map_err(|e| anyhow!("merged CPUID: {e:?}"))
 }
 
-/// Whether the kernel offers `KVM_CAP_HYPERV_VSM` (series v3).
-pub fn vsm_supported(kvm: &Kvm) -> bool {
-    vtlkit_uapi::hyperv_vsm_supported(kvm)
-}
-
-/// `KVM_ENABLE_CAP(KVM_CAP_HYPERV_VSM)` on the VM ([`vtlkit_uapi::enable_hyperv_vsm`]): the VSM
-/// hypercalls and cross-VTL IPIs exit to userspace.
-pub fn enable_vsm(vm: &VmFd) -> Result<()> {
-    vtlkit_uapi::enable_hyperv_vsm(vm).map_err(|e| anyhow!("{e} (errno {})", e.errno()))
-}
+/// Whether the kernel offers `KVM_CAP_HYPERV_VSM` (series v3), and
+/// `KVM_ENABLE_CAP(KVM_CAP_HYPERV_VSM)` on a VM (the VSM hypercalls and cross-VTL IPIs exit to
+/// userspace): the uapi crate's, under the names the framework's callers use.
+pub use vtlkit_uapi::{enable_hyperv_vsm as enable_vsm, hyperv_vsm_supported as vsm_supported};
 
 /// `KVM_ENABLE_CAP(KVM_CAP_HYPERV_SYNIC2)` on a vCPU: its SynIC becomes active (SINT routes
 /// can reach it).
@@ -295,53 +282,40 @@ pub fn set_vp_index(fd: &VcpuFd, vp: u32) -> Result<()> {
 }
 
 /// A `KVM_IRQ_ROUTING_HV_SINT` routing entry: GSI `gsi` raises SINT `sint` of the vCPU with VP
-/// index `vp`; with `group`, `KVM_HV_SINT_VALID_APIC_GROUP` and that group (series v3).
+/// index `vp`; with `group`, `KVM_HV_SINT_VALID_APIC_GROUP` and that group (series v3, set by
+/// [`vtlkit_uapi::sint_route_to_group`]).
 pub fn sint_route(gsi: u32, vp: u32, sint: u32, group: Option<u32>) -> kvm_irq_routing_entry {
     let mut e = kvm_irq_routing_entry {
         gsi,
         type_: KVM_IRQ_ROUTING_HV_SINT,
         ..Default::default()
     };
-    let sint = raw::kvm_irq_routing_hv_sint {
-        vcpu: vp,
-        sint,
-        apic_group: group.unwrap_or(0),
-    };
-    if group.is_some() {
-        e.flags = raw::KVM_HV_SINT_VALID_APIC_GROUP;
+    e.u.hv_sint = kvm_irq_routing_hv_sint { vcpu: vp, sint };
+    match group {
+        Some(g) => vtlkit_uapi::sint_route_to_group(e, g),
+        None => e,
     }
-    const {
-        assert!(
-            std::mem::size_of::<raw::kvm_irq_routing_hv_sint>()
-                <= std::mem::size_of::<kvm_bindings::kvm_irq_routing_entry__bindgen_ty_1>()
-        )
-    };
-    // SAFETY: the union `u` is at least as large as the (plain-data, 4-byte aligned) series
-    // struct (asserted above), and writing plain data into a union of plain data is sound.
-    unsafe {
-        std::ptr::addr_of_mut!(e.u)
-            .cast::<raw::kvm_irq_routing_hv_sint>()
-            .write_unaligned(sint)
-    };
-    e
 }
 
 // ---------------------------------------------------------------------------------------------
 // KVM_EXIT_HYPERV.
 
-/// A forwarded hypercall (`KVM_EXIT_HYPERV_HCALL`), read through the series' layout of
-/// `struct kvm_hyperv_exit` (kvm-bindings has the 6.12 one, without `flags` and `xmm`).
+/// A forwarded hypercall (`KVM_EXIT_HYPERV_HCALL`), as decoded by
+/// [`vtlkit_uapi::vtl::HcallExit::from_kvm_run`], with the kernel's `flags` word and the answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HcallExit {
     /// The full hypercall control (RCX).
     pub input: u64,
     /// RDX (input GPA or first fast input qword), R8 (output GPA or second fast qword).
     pub params: [u64; 2],
-    /// `KVM_HYPERV_HCALL_*` flags (series v3).
+    /// `KVM_HYPERV_HCALL_*` flags (series v3) exactly as the kernel wrote them: the uapi crate
+    /// decodes only `KVM_HYPERV_HCALL_XMM_INPUT`, and the tests check that no other bit is set.
     pub flags: u32,
-    /// XMM0..XMM5 as (low, high) qword pairs when `flags` has `KVM_HYPERV_HCALL_XMM_INPUT`.
+    /// XMM0..XMM5 as (low, high) qword pairs when `flags` has `KVM_HYPERV_HCALL_XMM_INPUT`
+    /// (zeros otherwise).
     pub xmm: [u64; 12],
-    /// What the guest gets back (RAX, except for VtlCall/VtlReturn): the handler sets it.
+    /// What the guest gets back (RAX, except for VtlCall/VtlReturn): the handler sets it
+    /// (0, HV_STATUS_SUCCESS, until it does).
     pub result: u64,
 }
 
@@ -399,28 +373,23 @@ const _: () = assert!(
         <= std::mem::size_of::<kvm_bindings::kvm_run__bindgen_ty_1>()
 );
 
-/// The `KVM_EXIT_HYPERV` in `run` (whose exit reason must be `KVM_EXIT_HYPERV`).
+/// The `KVM_EXIT_HYPERV` in `run` (whose exit reason must be `KVM_EXIT_HYPERV`): an HCALL as
+/// [`vtlkit_uapi::vtl::HcallExit::from_kvm_run`] decodes it, a SynIC exit through kvm-bindings'
+/// `kvm_hyperv_exit` (the series did not change that arm).
 pub(crate) fn read_exit(run: &kvm_run) -> HypervExit {
-    // SAFETY: the exit union is at least as large as the series' kvm_hyperv_exit (asserted
-    // above), both are plain data, and the kernel filled it for a KVM_EXIT_HYPERV; unaligned
-    // read because we only know the union's alignment through bindgen.
-    let e: raw::kvm_hyperv_exit = unsafe {
-        std::ptr::addr_of!(run.__bindgen_anon_1)
-            .cast::<raw::kvm_hyperv_exit>()
-            .read_unaligned()
-    };
+    if let Some(h) = vtl::HcallExit::from_kvm_run(run) {
+        return HypervExit::Hcall(HcallExit {
+            input: h.control.0,
+            params: h.params,
+            flags: kernel_hcall_flags(run),
+            xmm: h.xmm.unwrap_or_default(),
+            result: 0,
+        });
+    }
+    // SAFETY: the exit reason is KVM_EXIT_HYPERV, so `hyperv` is the arm the kernel wrote; it
+    // is plain data (integers).
+    let e = unsafe { run.__bindgen_anon_1.hyperv };
     match e.type_ {
-        KVM_EXIT_HYPERV_HCALL => {
-            // SAFETY: type HCALL says the hcall arm is the one the kernel wrote.
-            let h = unsafe { e.u.hcall };
-            HypervExit::Hcall(HcallExit {
-                input: h.input,
-                params: h.params,
-                flags: h.flags,
-                xmm: h.xmm,
-                result: h.result,
-            })
-        }
         KVM_EXIT_HYPERV_SYNIC => {
             // SAFETY: type SYNIC says the synic arm is the one the kernel wrote.
             let s = unsafe { e.u.synic };
@@ -435,13 +404,14 @@ pub(crate) fn read_exit(run: &kvm_run) -> HypervExit {
     }
 }
 
-/// Store a handled HCALL's result where KVM reads it on the next `KVM_RUN`.
-pub(crate) fn write_result(run: &mut kvm_run, result: u64) {
-    let p = std::ptr::addr_of_mut!(run.__bindgen_anon_1).cast::<raw::kvm_hyperv_exit>();
-    // SAFETY: as in read_exit; only the hcall arm's `result` field is written, in place.
-    unsafe {
-        std::ptr::addr_of_mut!((*p).u.hcall.result).write_unaligned(result);
-    }
+/// The `flags` of the HCALL exit in `run` as the kernel wrote them, unknown bits included
+/// (the uapi decode keeps only what it knows; a test must see what KVM really set).
+fn kernel_hcall_flags(run: &kvm_run) -> u32 {
+    let p = std::ptr::addr_of!(run.__bindgen_anon_1).cast::<raw::kvm_hyperv_exit>();
+    // SAFETY: the exit union is at least as large as the series' kvm_hyperv_exit (asserted
+    // above) and plain data; the caller saw an HCALL exit, so the hcall arm is the live one.
+    // Unaligned read: we only know the union's alignment through bindgen.
+    unsafe { std::ptr::addr_of!((*p).u.hcall.flags).read_unaligned() }
 }
 
 impl std::fmt::Display for HcallExit {
@@ -815,5 +785,38 @@ mod tests {
         assert_eq!(b[4], 0x11);
         let (ex, var) = send_ipi_ex_input(0x40, 0, &VpSet::Sparse(vec![1]));
         assert_eq!((ex.len(), var), (32, 1));
+    }
+
+    #[test]
+    fn sint_routes_name_their_group_through_the_uapi() {
+        let e = sint_route(20, 3, 2, Some(1));
+        assert_eq!((e.gsi, e.type_), (20, KVM_IRQ_ROUTING_HV_SINT));
+        assert_eq!(vtlkit_uapi::sint_route_group(&e), Some(1));
+        // SAFETY: a SINT entry's live arm is hv_sint (plain integers).
+        let s = unsafe { e.u.hv_sint };
+        assert_eq!((s.vcpu, s.sint), (3, 2));
+        let e = sint_route(21, 0, 2, None);
+        assert_eq!((e.flags, vtlkit_uapi::sint_route_group(&e)), (0, None));
+    }
+
+    #[test]
+    fn hcall_exits_read_back_as_stored() {
+        let mut run = kvm_run::default();
+        let stored = vtl::HcallExit {
+            control: vtl::Control(0x1_0011),
+            params: [0x1000, 0x2000],
+            xmm: Some([7; 12]),
+        };
+        stored.store(&mut run);
+        let HypervExit::Hcall(h) = read_exit(&run) else {
+            panic!("not an HCALL exit");
+        };
+        assert_eq!(
+            (h.input, h.params, h.xmm),
+            (0x1_0011, [0x1000, 0x2000], [7; 12])
+        );
+        assert_eq!(h.flags, raw::KVM_HYPERV_HCALL_XMM_INPUT);
+        assert_eq!((h.code(), h.result), (0x11, 0));
+        assert!(vtlkit_uapi::vtl::set_hcall_result(&mut run, 6));
     }
 }

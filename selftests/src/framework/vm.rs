@@ -32,6 +32,8 @@ use kvm_bindings::{
     KVM_MP_STATE_RUNNABLE,
 };
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use nix::sys::pthread::pthread_kill;
+use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 
 use vtlkit_uapi::{ApicGroup, VcpuApicGroupExt};
 
@@ -1009,7 +1011,12 @@ fn handle_hyperv(vcpu: &mut Vcpu, handler: Option<&HypervHandler>) -> Result<Ste
         (None, _) => {}
     }
     if let HypervExit::Hcall(hc) = exit {
-        hyperv::write_result(vcpu.fd.get_kvm_run(), hc.result);
+        if !vtlkit_uapi::vtl::set_hcall_result(vcpu.fd.get_kvm_run(), hc.result) {
+            bail!(
+                "vCPU {}: kvm_run no longer holds the HCALL exit to answer",
+                vcpu.id
+            );
+        }
     }
     Ok(Step::Interrupted)
 }
@@ -1035,8 +1042,11 @@ impl RunShared {
 
 /// The signal used to kick a vCPU thread out of KVM_RUN (the handler does nothing; the point
 /// is that KVM_RUN returns EINTR).
+const KICK: Signal = Signal::SIGUSR1;
+
+/// [`KICK`] as a signal number.
 pub(crate) fn kick_signal() -> libc::c_int {
-    libc::SIGUSR1
+    KICK as libc::c_int
 }
 
 extern "C" fn kick_handler(_: libc::c_int) {}
@@ -1044,15 +1054,16 @@ extern "C" fn kick_handler(_: libc::c_int) {}
 pub(crate) fn install_kick_handler() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        // SAFETY: a zeroed sigaction is a valid starting point; we install a handler that does
-        // nothing (async-signal-safe) and no SA_RESTART, so KVM_RUN returns EINTR.
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = kick_handler as *const () as usize;
-            libc::sigemptyset(&mut sa.sa_mask);
-            sa.sa_flags = 0;
-            libc::sigaction(kick_signal(), &sa, std::ptr::null_mut());
-        }
+        // No SA_RESTART, so KVM_RUN returns EINTR; nothing blocked during the handler.
+        let sa = SigAction::new(
+            SigHandler::Handler(kick_handler),
+            SaFlags::empty(),
+            SigSet::empty(),
+        );
+        // SAFETY: the handler does nothing (async-signal-safe); the previous disposition that
+        // sigaction returns is dropped, never called. As before, a failure (impossible for
+        // SIGUSR1 with these arguments) is ignored.
+        let _ = unsafe { sigaction(KICK, &sa) };
     });
 }
 
@@ -1202,9 +1213,10 @@ impl Running {
                 if Instant::now() >= deadline {
                     bail!("vCPU index {index} did not leave KVM_RUN within 10 s of being kicked");
                 }
-                // SAFETY: the pthread_t belongs to a thread we spawned and have not joined, so
-                // it is valid; the signal's handler is installed and does nothing.
-                unsafe { libc::pthread_kill(handle.as_pthread_t(), kick_signal()) };
+                // The pthread_t belongs to a thread we spawned and have not joined, so it is
+                // valid; the signal's handler is installed and does nothing. As before, the
+                // result is not needed: the loop checks whether the thread is gone.
+                let _ = pthread_kill(handle.as_pthread_t(), KICK);
                 std::thread::sleep(Duration::from_millis(2));
             }
             match handle.join() {

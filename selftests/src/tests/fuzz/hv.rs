@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0-only OR Apache-2.0
 //! The fuzzer's Hyper-V part (series v3, issue 9), checked against the contract of
-//! `scratch/vsm-spec.md` / api.rst: some irqchip VMs get the Hyper-V CPUID leaves, their vCPUs
+//! api.rst 7.38 (`KVM_CAP_HYPERV_VSM`): some irqchip VMs get the Hyper-V CPUID leaves, their vCPUs
 //! a VP index (VTL siblings in different groups often share one) and an active SynIC; the
 //! VM's model adds, per APIC group, `HV_X64_MSR_GUEST_OS_ID` and `HV_X64_MSR_HYPERCALL`, and
 //! whether `KVM_CAP_HYPERV_VSM` is on.

@@ -251,12 +251,12 @@ pub(super) fn hv_ipi_cross_vtl_exit() -> TestResult {
 
     // With it: one exit per case, answered with answer(k), which the guest must see.
     let kvm = crate::vm::open_kvm()?;
-    if !crate::hyperv::vsm_supported(&kvm) {
+    if !vtlkit_uapi::hyperv_vsm_supported(&kvm) {
         bail!("KVM_CHECK_EXTENSION(KVM_CAP_HYPERV_VSM) is 0: the kernel lacks the Hyper-V VTL patches");
     }
     let cases = build_cases(&answer);
     let mut vm = build(&nodes)?;
-    crate::hyperv::enable_vsm(&vm.fd)?;
+    vtlkit_uapi::enable_hyperv_vsm(&vm.fd)?;
     // The senders run one after the other, so the exits arrive in case order: answer the
     // k-th with answer(k).
     let arrived = AtomicUsize::new(0);

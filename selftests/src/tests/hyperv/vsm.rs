@@ -75,7 +75,7 @@ fn run(vsm: bool) -> Result<(TestVm, Loaded, ExitLog, Result<u64>)> {
         ..Default::default()
     })?;
     if vsm {
-        hyperv::enable_vsm(&vm.fd)?;
+        vtlkit_uapi::enable_hyperv_vsm(&vm.fd)?;
     }
     let i = vm.add_vcpu(0, Entry::HvMain)?;
     vm.set_vp_index(i, 0)?;
@@ -160,7 +160,7 @@ pub(super) fn hv_vsm_hypercalls_forwarded() -> TestResult {
     drop(vm);
 
     let kvm = crate::vm::open_kvm()?;
-    if !hyperv::vsm_supported(&kvm) {
+    if !vtlkit_uapi::hyperv_vsm_supported(&kvm) {
         bail!("KVM_CHECK_EXTENSION(KVM_CAP_HYPERV_VSM) is 0: the kernel lacks the Hyper-V VTL patches");
     }
     let (vm, loaded, log, stat) = run(true).context("with KVM_CAP_HYPERV_VSM")?;

@@ -7,7 +7,7 @@
 use anyhow::{bail, Result};
 
 use super::common::{
-    enable_vtl1, round_failures, run, unavailable, STEP_ENABLE_PARTITION, STEP_ENABLE_VP, VP,
+    enable_vtl1, require_vsm, round_failures, run, STEP_ENABLE_PARTITION, STEP_ENABLE_VP, VP,
 };
 use crate::guest::vsm;
 use crate::harness::{Outcome, TestResult};
@@ -71,9 +71,7 @@ fn scenario() -> Result<Ran> {
 
 /// Shared registers carried both ways, private ones kept, for every round trip.
 pub(super) fn vsm_vtl_call_registers() -> TestResult {
-    if let Some(why) = unavailable()? {
-        return Ok(Outcome::Skip(why));
-    }
+    require_vsm()?;
     let Ran {
         vsm,
         rounds,
@@ -95,9 +93,7 @@ pub(super) fn vsm_vtl_call_registers() -> TestResult {
 
 /// Normal vs fast return, the entry reason, the rounds taken in order, the switch log.
 pub(super) fn vsm_vtl_return_modes() -> TestResult {
-    if let Some(why) = unavailable()? {
-        return Ok(Outcome::Skip(why));
-    }
+    require_vsm()?;
     let Ran {
         rounds,
         seen,

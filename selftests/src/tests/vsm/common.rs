@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: GPL-2.0-only OR Apache-2.0
-//! What the VSM tests share (not tests): the availability check, the program that enables VTL1
+//! What the VSM tests share (not tests): the capability check, the program that enables VTL1
 //! on VP 0 and runs round trips, and the checks of one round trip.
 
 use std::fmt::Write as _;
@@ -14,21 +14,21 @@ use crate::vp::{enable_partition_vtl, vsm_layout, Round, RoundSeen, VpRunning, V
 /// The VP the tests use.
 pub(super) const VP: u32 = 0;
 
-/// Why the VSM tests cannot run on this kernel, if they cannot.
-pub(super) fn unavailable() -> Result<Option<String>> {
+/// Fails unless the kernel has what the VSM tests need: `KVM_CAP_APIC_GROUPS` (at least two
+/// groups) and `KVM_CAP_HYPERV_VSM`. The suite runs on its own patched kernel
+/// (`kernel_is_patched`), so a missing capability is a failure, as in `hv_vsm_*`, not a skip.
+pub(super) fn require_vsm() -> Result<()> {
     let kvm = crate::vm::open_kvm()?;
     let groups = vtlkit_uapi::apic_groups_supported(&kvm);
     if groups < 2 {
-        return Ok(Some(format!(
-            "KVM_CAP_APIC_GROUPS is {groups}: the kernel lacks the series"
-        )));
+        bail!("KVM_CHECK_EXTENSION(KVM_CAP_APIC_GROUPS) is {groups}: the kernel lacks the series");
     }
     if !vtlkit_uapi::hyperv_vsm_supported(&kvm) {
-        return Ok(Some(
-            "KVM_CAP_HYPERV_VSM is 0: the kernel lacks the Hyper-V VTL patches (series v3)".into(),
-        ));
+        bail!(
+            "KVM_CHECK_EXTENSION(KVM_CAP_HYPERV_VSM) is 0: the kernel lacks the Hyper-V VTL patches (series v3)"
+        );
     }
-    Ok(None)
+    Ok(())
 }
 
 /// VTL0's steps that enable VTL1 on VP [`VP`]: its VP assist page, EnablePartitionVtl(1),

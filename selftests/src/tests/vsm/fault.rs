@@ -4,7 +4,7 @@
 
 use anyhow::bail;
 
-use super::common::{unavailable, VP};
+use super::common::{require_vsm, VP};
 use crate::guest::{hcall_insn_offsets, pcpu, ucall};
 use crate::harness::{Outcome, TestResult};
 use crate::hyperv::Program;
@@ -18,9 +18,7 @@ const UD: u64 = 6;
 /// `vmmcall` (recorded by its exception handler, which aborts), the runner logged one
 /// exception and no switch, and VTL1 never ran.
 pub(super) fn vsm_vtl_call_without_higher_vtl_ud() -> TestResult {
-    if let Some(why) = unavailable()? {
-        return Ok(Outcome::Skip(why));
-    }
+    require_vsm()?;
     let mut vsm = VsmVm::new(1)?;
     vsm.write_round(VP, 0, &Round::new(0x40, false))?;
     let v0 = vsm.index(VP, 0);

@@ -5,7 +5,7 @@
 
 use anyhow::{bail, Result};
 
-use super::common::{enable_vtl1, round_failures, run, unavailable, VP};
+use super::common::{enable_vtl1, require_vsm, round_failures, run, VP};
 use crate::guest::pcpu;
 use crate::harness::{Outcome, TestResult};
 use crate::hyperv::{call, control, input_vtl, send_ipi_input, status, Hypercall, Step};
@@ -43,9 +43,7 @@ fn fast_ipi(vector: u8, target_vtl: u8, mask: u64) -> (u64, u64, u64) {
 /// VTL0 sends VTL1 of its own VP an IPI, slow and fast: both fail with ACCESS_DENIED, neither
 /// reaches any vCPU; a round trip after them still carries the right registers.
 pub(super) fn vsm_ipi_lower_to_higher_denied() -> TestResult {
-    if let Some(why) = unavailable()? {
-        return Ok(Outcome::Skip(why));
-    }
+    require_vsm()?;
     const SLOW: u8 = 0x61;
     const FAST: u8 = 0x62;
     let mut vsm = VsmVm::new(1)?;
@@ -119,9 +117,7 @@ pub(super) fn vsm_ipi_lower_to_higher_denied() -> TestResult {
 /// succeeds, reaches VTL0 only (group 0), and VTL0 handles it the moment it runs again, at the
 /// instruction after its VtlCall.
 pub(super) fn vsm_ipi_higher_to_lower_delivered() -> TestResult {
-    if let Some(why) = unavailable()? {
-        return Ok(Outcome::Skip(why));
-    }
+    require_vsm()?;
     const VECTOR: u8 = 0x63;
     let mut vsm = VsmVm::new(1)?;
     let mut with_ipi = Round::new(0x31, false);
