@@ -14,7 +14,7 @@ mod tests;
 
 // The framework at the crate root, so tests write `crate::vm::TestVm`, `crate::harness::Test`.
 pub(crate) use framework::{guest, harness, hyperv, stats, vm, vp};
-use tests::{apic_groups, basic, fuzz, hyperv as hyperv_tests, nested, vsm, vtlctl};
+use tests::{apic_groups, basic, fuzz, hyperv as hyperv_tests, nested, vsm, vtlctl, wake};
 
 use std::io::{self, Write};
 use std::process::ExitCode;
@@ -30,6 +30,7 @@ fn all_tests() -> Vec<Test> {
     v.extend_from_slice(apic_groups::TESTS);
     v.extend_from_slice(hyperv_tests::TESTS);
     v.extend_from_slice(vsm::TESTS);
+    v.extend_from_slice(wake::TESTS);
     v.extend_from_slice(vtlctl::TESTS);
     v.extend_from_slice(fuzz::TESTS);
     v
