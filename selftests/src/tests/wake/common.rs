@@ -13,12 +13,12 @@ use crate::vp::{enable_partition_vtl, vsm_layout, Round, VpEvent, VpRunning, Vsm
 use vtlkit_uapi::vtl::fixed_msi;
 
 /// GO value that releases [`Step::Gate`]s of these tests (GO = 1 starts the program).
-pub(super) const GATE: u64 = 2;
+pub(crate) const GATE: u64 = 2;
 /// A second gate.
-pub(super) const GATE2: u64 = 3;
+pub(crate) const GATE2: u64 = 3;
 
 /// Why the tests cannot run here, if they cannot.
-pub(super) fn unavailable() -> Result<Option<String>> {
+pub(crate) fn unavailable() -> Result<Option<String>> {
     let kvm = crate::vm::open_kvm()?;
     let groups = vtlkit_uapi::apic_groups_supported(&kvm);
     if groups < 2 {
@@ -38,7 +38,7 @@ pub(super) fn unavailable() -> Result<Option<String>> {
 }
 
 /// TSC cycles per second of the guest (KVM_GET_TSC_KHZ; 2 GHz if unknown).
-pub(super) fn tsc_hz(vsm: &VsmVm) -> u64 {
+pub(crate) fn tsc_hz(vsm: &VsmVm) -> u64 {
     vsm.vm
         .vcpu(0)
         .ok()
@@ -49,17 +49,17 @@ pub(super) fn tsc_hz(vsm: &VsmVm) -> u64 {
 }
 
 /// GPA of the u32 count of interrupts on `vector` handled by VP `vp`'s VTL `vtl`.
-pub(super) fn count_gpa(vsm: &VsmVm, vp: u32, vtl: u8, vector: u8) -> u64 {
+pub(crate) fn count_gpa(vsm: &VsmVm, vp: u32, vtl: u8, vector: u8) -> u64 {
     TestVm::pcpu_gpa(vsm.index(vp, vtl)) + pcpu::IRQ_COUNTS + 4 * u64::from(vector)
 }
 
 /// Interrupts on `vector` handled by VP `vp`'s VTL `vtl` (the guest's count).
-pub(super) fn count(vsm: &VsmVm, vp: u32, vtl: u8, vector: u8) -> Result<u32> {
+pub(crate) fn count(vsm: &VsmVm, vp: u32, vtl: u8, vector: u8) -> Result<u32> {
     vsm.vm.mem.read_u32(count_gpa(vsm, vp, vtl, vector))
 }
 
 /// Entries into VP `vp`'s VTL1 with entry reason Interrupt (the guest's count).
-pub(super) fn int_entries(vsm: &VsmVm, vp: u32) -> Result<u64> {
+pub(crate) fn int_entries(vsm: &VsmVm, vp: u32) -> Result<u64> {
     vsm.vm
         .mem
         .read_u64(TestVm::pcpu_gpa(vsm.index(vp, 1)) + pcpu::VSM_INT_ENTRIES)
@@ -67,7 +67,7 @@ pub(super) fn int_entries(vsm: &VsmVm, vp: u32) -> Result<u64> {
 
 /// VTL0 spins with interrupts disabled until VP `vp`'s VTL1 handled `n` interrupts on
 /// `vector`, for at most `secs` seconds.
-pub(super) fn spin_for_vtl1(vsm: &VsmVm, vp: u32, vector: u8, n: u32, secs: u64) -> Step {
+pub(crate) fn spin_for_vtl1(vsm: &VsmVm, vp: u32, vector: u8, n: u32, secs: u64) -> Step {
     Step::SpinUntil {
         addr: count_gpa(vsm, vp, 1, vector),
         value: n,
@@ -77,7 +77,7 @@ pub(super) fn spin_for_vtl1(vsm: &VsmVm, vp: u32, vector: u8, n: u32, secs: u64)
 }
 
 /// Wait until step `step` of `loaded` (a [`Step::SpinUntil`]) is spinning.
-pub(super) fn wait_spinning(vsm: &VsmVm, loaded: &Loaded, step: usize) -> Result<()> {
+pub(crate) fn wait_spinning(vsm: &VsmVm, loaded: &Loaded, step: usize) -> Result<()> {
     let deadline = Instant::now() + DEFAULT_TIMEOUT;
     loop {
         if loaded.outcome(&vsm.vm.mem, step)?.rcx == 2 {
@@ -92,7 +92,7 @@ pub(super) fn wait_spinning(vsm: &VsmVm, loaded: &Loaded, step: usize) -> Result
 
 /// `KVM_SIGNAL_MSI`: fixed `vector` to VP `vp`'s VTL `vtl` (its group, APIC ID `vp`); the
 /// number of vCPUs that took it must be 1.
-pub(super) fn msi(vsm: &VsmVm, vp: u32, vtl: u8, vector: u8) -> Result<()> {
+pub(crate) fn msi(vsm: &VsmVm, vp: u32, vtl: u8, vector: u8) -> Result<()> {
     let n = vsm
         .vm
         .fd
@@ -105,7 +105,7 @@ pub(super) fn msi(vsm: &VsmVm, vp: u32, vtl: u8, vector: u8) -> Result<()> {
 }
 
 /// The runner's interrupt entries of VP `vp` into VTL1 so far.
-pub(super) fn interrupted(running: &VpRunning, vp: u32) -> usize {
+pub(crate) fn interrupted(running: &VpRunning, vp: u32) -> usize {
     running
         .events(vp)
         .iter()
@@ -119,7 +119,7 @@ pub(super) fn interrupted(running: &VpRunning, vp: u32) -> usize {
 /// [`prepare_enables`]); other VPs enable their assist page and wait at [`GATE`] (the host
 /// releases them once their VTL1 is enabled: [`start_all`]), then VtlCall once (VTL1's first
 /// entry sets it up). After these, VP p's next free round is [`first_round`]`(p)`.
-pub(super) fn enable_everywhere(vsm: &VsmVm, vps: u32) -> Result<Vec<Vec<Step>>> {
+pub(crate) fn enable_everywhere(vsm: &VsmVm, vps: u32) -> Result<Vec<Vec<Step>>> {
     let mut all = Vec::new();
     for vp in 0..vps {
         let mut steps = vec![vsm.enable_assist_page(vp, 0)];
@@ -158,7 +158,7 @@ pub(super) fn enable_everywhere(vsm: &VsmVm, vps: u32) -> Result<Vec<Vec<Step>>>
 }
 
 /// The first round of VP `vp` that [`enable_everywhere`] leaves free.
-pub(super) fn first_round(vps: u32, vp: u32) -> u64 {
+pub(crate) fn first_round(vps: u32, vp: u32) -> u64 {
     if vp == 0 {
         u64::from(vps.max(2) - 1)
     } else {
@@ -201,7 +201,7 @@ fn prepare_enables(vsm: &VsmVm, vps: u32) -> Result<()> {
 
 /// Load each VP's program, start the runner, let VP 0 enable VTL1 everywhere, and release every
 /// VP past its [`GATE`]: on return each VP's VTL0 runs the steps after [`enable_everywhere`]'s.
-pub(super) fn start_all(
+pub(crate) fn start_all(
     vsm: &mut VsmVm,
     programs: Vec<Vec<Step>>,
 ) -> Result<(VpRunning, Vec<Loaded>)> {
@@ -261,7 +261,7 @@ pub(super) fn start_all(
 }
 
 /// Wait for every VP's VTL0 to finish its program; on failure say where each VP was.
-pub(super) fn wait_done(running: VpRunning, vps: u32, timeout: Duration) -> Result<VpRunning> {
+pub(crate) fn wait_done(running: VpRunning, vps: u32, timeout: Duration) -> Result<VpRunning> {
     for vp in 0..vps {
         if let Err(e) = running.wait_sync(vp, 0, ucall::STAGE_HV_DONE, timeout) {
             let events: Vec<VpEvent> = running.events(vp).into_iter().rev().take(12).collect();
@@ -276,7 +276,7 @@ pub(super) fn wait_done(running: VpRunning, vps: u32, timeout: Duration) -> Resu
 
 /// The KVM debugfs file `name` of the vCPU at `index` of this process's VM (`run_state`,
 /// `event_notify_target`), trimmed; `None` if debugfs or the file is not there.
-pub(super) fn vcpu_debugfs(vsm: &VsmVm, index: usize, name: &str) -> Option<String> {
+pub(crate) fn vcpu_debugfs(vsm: &VsmVm, index: usize, name: &str) -> Option<String> {
     use std::os::fd::AsRawFd;
     let dir = format!(
         "/sys/kernel/debug/kvm/{}-{}/vcpu{}/{name}",
@@ -291,7 +291,7 @@ pub(super) fn vcpu_debugfs(vsm: &VsmVm, index: usize, name: &str) -> Option<Stri
 
 /// Poll [`vcpu_debugfs`] until it reads `want` (true) or `timeout` passed (false); `None` when
 /// the file is not there.
-pub(super) fn wait_debugfs(
+pub(crate) fn wait_debugfs(
     vsm: &VsmVm,
     index: usize,
     name: &str,
@@ -312,7 +312,7 @@ pub(super) fn wait_debugfs(
 }
 
 /// Poll until `f` holds or `timeout` passed.
-pub(super) fn wait_until(timeout: Duration, mut f: impl FnMut() -> Result<bool>) -> Result<bool> {
+pub(crate) fn wait_until(timeout: Duration, mut f: impl FnMut() -> Result<bool>) -> Result<bool> {
     let deadline = Instant::now() + timeout;
     loop {
         if f()? {
@@ -326,7 +326,7 @@ pub(super) fn wait_until(timeout: Duration, mut f: impl FnMut() -> Result<bool>)
 }
 
 /// A second `VmFd` on the test VM (for other threads' `KVM_SIGNAL_MSI`).
-pub(super) fn dup_vm(vsm: &VsmVm) -> Result<kvm_ioctls::VmFd> {
+pub(crate) fn dup_vm(vsm: &VsmVm) -> Result<kvm_ioctls::VmFd> {
     use std::os::fd::AsRawFd;
     // SAFETY: dup() of a live fd we own; the result is checked and handed to
     // create_vmfd_from_rawfd, which takes ownership of it.

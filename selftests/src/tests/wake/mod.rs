@@ -13,7 +13,7 @@
 //! * [`halt`]: a halted VTL0 wakes into VTL1 and halts again;
 //! * [`stress`]: 4 VPs under cross-VTL MSIs for 5 s, every interrupt handled exactly once.
 
-mod common;
+pub(crate) mod common;
 mod halt;
 mod lower;
 mod preempt;

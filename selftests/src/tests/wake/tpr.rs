@@ -81,25 +81,22 @@ pub(super) fn wake_tpr_defers_until_lowered() -> TestResult {
     if int_entries(&vsm, 0)? <= entries_before {
         let _ = writeln!(f, "VTL1 saw no entry with reason Interrupt");
     }
-    // The interrupt entry came after the VtlReturn that lowered the TPR, never before it.
-    let returns: Vec<usize> = events
-        .iter()
-        .enumerate()
-        .filter(|(_, e)| matches!(e, VpEvent::Switched { from: 1, to: 0 }))
-        .map(|(i, _)| i)
-        .collect();
+    // The interrupt entry came right after the VtlReturn that lowered the TPR (the third:
+    // VTL1's set-up round, the round that raised CR8, the one that lowered it), never before.
     let first_int = events
         .iter()
         .position(|e| matches!(e, VpEvent::Interrupted { from: 0, to: 1, .. }));
-    match (first_int, returns.last()) {
-        (Some(i), Some(&r)) if i > r => {}
-        _ => {
-            let _ = writeln!(
-                f,
-                "the interrupt entry (event {first_int:?}) is not after the last VtlReturn (event {:?}, the one that lowered CR8, step {lowered_at})",
-                returns.last()
-            );
-        }
+    let returns_before = first_int.map(|i| {
+        events[..i]
+            .iter()
+            .filter(|e| matches!(e, VpEvent::Switched { from: 1, to: 0 }))
+            .count()
+    });
+    if returns_before != Some(3) {
+        let _ = writeln!(
+            f,
+            "the interrupt entry (event {first_int:?}) did not follow the VtlReturn that lowered CR8 (step {lowered_at}): {returns_before:?} VtlReturns before it, expected 3"
+        );
     }
     if !f.is_empty() {
         bail!("{f}runner log: {events:?}");
