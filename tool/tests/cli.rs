@@ -92,11 +92,14 @@ fn per_vcpu_stats_of_a_recorded_tree_are_dashes_said_once() {
     let (rc, out, err) = vtlctl(&["show", "--stat", "io_exits"], &root);
     assert_eq!(rc, 0, "{err}");
     let lines: Vec<&str> = out.lines().collect();
-    assert!(lines[0].ends_with("VTL  HV_VTL_EXITS  IO_EXITS"), "{out}");
+    assert!(
+        lines[0].ends_with("VTL  STATE  NOTIFY  HV_VTL_EXITS  IO_EXITS"),
+        "{out}"
+    );
     assert!(
         lines[1..5]
             .iter()
-            .all(|l| l.starts_with(&name) && l.ends_with("  -             -")),
+            .all(|l| l.starts_with(&name) && l.ends_with("  -      -       -             -")),
         "{out}"
     );
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -219,9 +222,17 @@ fn unassigned_vcpus_are_a_dash_and_null() {
     assert_eq!(v["vms"][0]["vcpus"][2]["group"], 1);
     let (_, out, _) = vtlctl(&["show"], &root);
     assert!(
-        out.lines().any(|l| l
-            .split_whitespace()
-            .eq([name.as_str(), "3", "3", "-", "3", "0", "-"])),
+        out.lines().any(|l| l.split_whitespace().eq([
+            name.as_str(),
+            "3",
+            "3",
+            "-",
+            "3",
+            "0",
+            "-",
+            "-",
+            "-"
+        ])),
         "{out}"
     );
     let (_, out, _) = vtlctl(&["ps"], &root);
@@ -248,8 +259,15 @@ fn vps_shows_vtl_siblings_side_by_side() {
         .map(|l| l.split_whitespace().collect())
         .collect();
     assert_eq!(lines[0], ["VM", "VP", "APIC_ID", "VTL0", "VTL1"], "{out}");
-    assert_eq!(lines[1], [name.as_str(), "0", "0", "vcpu0/g0", "vcpu2/g1"]);
-    assert_eq!(lines[2], [name.as_str(), "1", "1", "vcpu1/g0", "vcpu3/g1"]);
+    // A tree from before series v4: no run_state files.
+    assert_eq!(
+        lines[1],
+        [name.as_str(), "0", "0", "vcpu0/g0/-", "vcpu2/g1/-"]
+    );
+    assert_eq!(
+        lines[2],
+        [name.as_str(), "1", "1", "vcpu1/g0/-", "vcpu3/g1/-"]
+    );
     assert_eq!(
         lines[3],
         [format!("{name}:").as_str(), "apic_group_irq_dropped=0"]
