@@ -426,3 +426,126 @@ fn stderr_of(child: &mut std::process::Child) -> String {
         .expect("read");
     err
 }
+
+/// The VM of the v4 fixture.
+fn v4_name() -> String {
+    common::DEMO_V4
+        .lines()
+        .next()
+        .and_then(|l| l.split('/').next())
+        .expect("fixture has a VM")
+        .to_string()
+}
+
+/// As on a host where the VMM parked VTL1 of VP 0 armed for its VTL0, which runs, and VTL1
+/// made 7 VTL exits.
+fn v4_live(p: &str, c: &str) -> Option<String> {
+    Some(match p {
+        _ if p.ends_with("/vcpu0/run_state") => "running".into(),
+        _ if p.ends_with("/vcpu2/run_state") => "parked".into(),
+        _ if p.ends_with("/vcpu2/event_notify_target") => "0".into(),
+        _ if p.ends_with("/vcpu2/hv_vtl_exits") => "7".into(),
+        _ => c.to_string(),
+    })
+}
+
+#[test]
+fn v4_run_state_and_debugfs_hv_vtl_exits() {
+    let name = v4_name();
+    // As recorded: the demo runs no vCPU (stopped), none armed; hv_vtl_exits comes from each
+    // vCPU's debugfs file, so a recorded tree has it (no note about stats fds).
+    let (_t, root) = tree(common::DEMO_V4, keep);
+    let (rc, out, err) = vtlctl(&["show"], &root);
+    assert_eq!((rc, err.as_str()), (0, ""), "{out}");
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows[0],
+        [
+            "VM",
+            "VCPU",
+            "VP",
+            "GROUP",
+            "APIC_ID",
+            "VTL",
+            "STATE",
+            "NOTIFY",
+            "HV_VTL_EXITS"
+        ]
+    );
+    assert_eq!(
+        rows[1],
+        [name.as_str(), "0", "0", "0", "0", "0", "stopped", "-", "0"]
+    );
+    // A statistic debugfs does not have still needs the VMM's stats fd: noted, `-`.
+    let (rc, out, err) = vtlctl(&["show", "--stat", "io_exits"], &root);
+    assert_eq!(rc, 0, "{err}");
+    assert!(
+        out.lines()
+            .nth(1)
+            .is_some_and(|l| l.ends_with("  0             -")),
+        "{out}"
+    );
+    assert!(err.contains("not a live debugfs"), "{err}");
+
+    let (_t, root) = tree(common::DEMO_V4, v4_live);
+    let (_, out, _) = vtlctl(&["show"], &root);
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows[1][6..], ["running", "-", "0"], "{out}");
+    assert_eq!(rows[3][6..], ["parked", "0", "7"], "{out}");
+    let (_, out, _) = vtlctl(&["vps"], &root);
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows[1],
+        [
+            name.as_str(),
+            "0",
+            "0",
+            "vcpu0/g0/running",
+            "vcpu2/g1/parked"
+        ]
+    );
+    assert_eq!(
+        rows[2],
+        [
+            name.as_str(),
+            "1",
+            "1",
+            "vcpu1/g0/stopped",
+            "vcpu3/g1/stopped"
+        ]
+    );
+    let (_, out, _) = vtlctl(&["show", "--json"], &root);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let c = &v["vms"][0]["vcpus"];
+    assert_eq!(c[2]["run_state"], "parked");
+    assert_eq!(c[2]["event_notify_target"], 0);
+    assert_eq!(c[2]["stats"]["hv_vtl_exits"], 7);
+    assert_eq!(c[1]["event_notify_target"], serde_json::Value::Null);
+    let (_, out, _) = vtlctl(&["vps", "--json"], &root);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["vps"][0]["vtls"]["1"][0]["run_state"], "parked");
+
+    // Something KVM never writes is a malformed file, named.
+    let (_t, root) = tree(common::DEMO_V4, |p, c| {
+        Some(if p.ends_with("/vcpu1/run_state") {
+            "sleeping".into()
+        } else {
+            c.to_string()
+        })
+    });
+    let (rc, _, err) = vtlctl(&["show"], &root);
+    assert_eq!(rc, 1, "{err}");
+    assert!(
+        err.contains("vcpu1/run_state") && err.contains("sleeping"),
+        "{err}"
+    );
+}
