@@ -32,6 +32,12 @@
 //!   order ([`VpRunning::events`], [`VpRunning::switches`]). Cross-VTL IPIs a higher VTL sends
 //!   to a lower one are delivered with `KVM_SIGNAL_MSI` naming the lower VTL's APIC group
 //!   ([`MsiDelivery`]); the lower VTL takes them when it runs again.
+//! * Interrupts for a parked VTL (series v4): when the kernel has `KVM_CAP_VCPU_EVENT_NOTIFY`,
+//!   [`VsmVm::new`] enables it and [`VsmVm::start`] has the partition arm every parked higher
+//!   VTL ([`Partition::enable_event_notify`]); a `KVM_EXIT_EVENT_NOTIFY` of the running sibling
+//!   goes to [`Partition::handle_event_notify`], which enters the interrupted-for VTL (logged
+//!   as [`VpEvent::Interrupted`]) or resumes ([`VpEvent::NotifyResumed`]). A halted VTL0 is
+//!   woken by the kernel for it.
 //! * [`VpRunning::stop`] stops the threads and gives back the partition ([`VpStopped`]) for
 //!   checks of KVM state (LAPIC IRR of a sibling, which VTL is active, ...).
 //!

@@ -98,8 +98,10 @@ pub(super) fn wake_stress_cross_vtl() -> TestResult {
                 rng ^= rng << 17;
                 let vp = mine[(rng % mine.len() as u64) as usize];
                 let which = ((rng >> 8) & 1) as usize;
-                let handled = u64::from(mem.read_u32(gpas[vp as usize][which])?)
-                    - u64::from(base[vp as usize][which]);
+                let handled = u64::from(
+                    mem.read_u32(gpas[vp as usize][which])?
+                        .wrapping_sub(base[vp as usize][which]),
+                );
                 let s = &sent[vp as usize][which];
                 if handled < s.load(Ordering::SeqCst) {
                     std::thread::yield_now();
@@ -144,7 +146,7 @@ pub(super) fn wake_stress_cross_vtl() -> TestResult {
                 let (vtl, v) = if which == 0 { (1, VEC[0]) } else { (0, VEC[1]) };
                 let got = vsm.vm.mem.read_u32(count_gpa(&vsm, vp, vtl, v))?;
                 let want = sent[vp as usize][which].load(Ordering::SeqCst);
-                if u64::from(got - base[vp as usize][which]) != want {
+                if u64::from(got.wrapping_sub(base[vp as usize][which])) != want {
                     return Ok(false);
                 }
             }
@@ -157,7 +159,10 @@ pub(super) fn wake_stress_cross_vtl() -> TestResult {
         for which in 0..2 {
             let (vtl, v) = if which == 0 { (1, VEC[0]) } else { (0, VEC[1]) };
             let got = u64::from(
-                vsm.vm.mem.read_u32(count_gpa(&vsm, vp, vtl, v))? - base[vp as usize][which],
+                vsm.vm
+                    .mem
+                    .read_u32(count_gpa(&vsm, vp, vtl, v))?
+                    .wrapping_sub(base[vp as usize][which]),
             );
             let want = sent[vp as usize][which].load(Ordering::SeqCst);
             totals[which] += want;
