@@ -6,15 +6,17 @@
 //!        (time limit per test: 60 s, or VTLKIT_TEST_TIMEOUT / vtlkit.test_timeout=SECONDS)
 //!        vtlkit-selftests --bench [--ipis N] [--reps R]   (IPI delivery benchmark, [`bench`])
 //!        vtlkit-selftests --bench-vtl [--ops N] [--reps R] (VTL switch benchmark, [`bench_vtl`])
+//!        vtlkit-selftests --bench-wake [--samples N]        (wake-up latency, [`bench_wake`])
 
 mod bench;
 mod bench_vtl;
+mod bench_wake;
 mod framework;
 mod tests;
 
 // The framework at the crate root, so tests write `crate::vm::TestVm`, `crate::harness::Test`.
 pub(crate) use framework::{guest, harness, hyperv, stats, vm, vp};
-use tests::{apic_groups, basic, fuzz, hyperv as hyperv_tests, nested, vsm, vtlctl};
+use tests::{apic_groups, basic, fuzz, hyperv as hyperv_tests, nested, vsm, vtlctl, wake};
 
 use std::io::{self, Write};
 use std::process::ExitCode;
@@ -30,6 +32,7 @@ fn all_tests() -> Vec<Test> {
     v.extend_from_slice(apic_groups::TESTS);
     v.extend_from_slice(hyperv_tests::TESTS);
     v.extend_from_slice(vsm::TESTS);
+    v.extend_from_slice(wake::TESTS);
     v.extend_from_slice(vtlctl::TESTS);
     v.extend_from_slice(fuzz::TESTS);
     v
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
         println!("       vtlkit.test_timeout=SECONDS on the kernel command line, 0 for none)");
         println!("       vtlkit-selftests --bench [--ipis N] [--reps R]");
         println!("       vtlkit-selftests --bench-vtl [--ops N] [--reps R]");
+        println!("       vtlkit-selftests --bench-wake [--samples N]");
         return ExitCode::SUCCESS;
     }
     if args.first().is_some_and(|a| a == "--bench") {
@@ -61,6 +65,9 @@ fn main() -> ExitCode {
     }
     if args.first().is_some_and(|a| a == "--bench-vtl") {
         return bench_vtl_main(&args[1..]);
+    }
+    if args.first().is_some_and(|a| a == "--bench-wake") {
+        return bench_wake_main(&args[1..]);
     }
     if args.iter().any(|a| a == "--list") {
         for t in &tests {
@@ -163,6 +170,33 @@ fn bench_vtl_main(args: &[String]) -> ExitCode {
         Err(e) => {
             let _ = out.flush();
             eprintln!("vtlkit-bench-vtl: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn bench_wake_main(args: &[String]) -> ExitCode {
+    let samples = match args {
+        [] => 500,
+        [flag, v] if flag == "--samples" => match v.parse::<u32>() {
+            Ok(n) if n > 0 => n,
+            _ => {
+                eprintln!("vtlkit-selftests: --bench-wake: --samples needs a positive number");
+                return ExitCode::from(2);
+            }
+        },
+        _ => {
+            eprintln!("vtlkit-selftests: --bench-wake: usage: --bench-wake [--samples N]");
+            return ExitCode::from(2);
+        }
+    };
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    match bench_wake::run(samples, &mut out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = out.flush();
+            eprintln!("vtlkit-bench-wake: error: {e:#}");
             ExitCode::from(1)
         }
     }

@@ -17,6 +17,14 @@ pub const COUNTERS: &[&str] = &[
     "vtl_protection_faults",
 ];
 
+/// Per-vCPU statistics KVM also shows in each vCPU's debugfs directory (series v4:
+/// `vcpu<id>/hv_vtl_exits`), read from there in preference to the VMM's stats fds.
+pub const DEBUGFS_VCPU_STATS: &[&str] = &["hv_vtl_exits"];
+
+/// What a vCPU's debugfs `run_state` file can hold (series v4): in `KVM_RUN` and running or
+/// halted, out of it and armed for `KVM_SET_EVENT_NOTIFY` (a parked VTL), or neither.
+pub const RUN_STATES: &[&str] = &["running", "halted", "parked", "stopped"];
+
 /// What a vCPU's debugfs `apic_group` file reads while the vCPU is not in any group
 /// (`KVM_APIC_GROUP_NONE`).
 pub const GROUP_NONE: u32 = u32::MAX;
@@ -42,10 +50,19 @@ pub struct VcpuInfo {
     pub apic_id: u32,
     /// VTL label.
     pub vtl: u8,
+    /// Run state from the vCPU's debugfs `run_state` (one of [`RUN_STATES`]); `None` when the
+    /// kernel has no such file (before series v4).
+    pub run_state: Option<String>,
+    /// The vcpu_id this vCPU's event notification targets (debugfs `event_notify_target`);
+    /// `None` when it is not armed (the file reads -1) or the file is absent.
+    pub event_notify_target: Option<u32>,
     /// Per-vCPU statistics asked for (`vtlctl show`; see [`crate::vcpustats`]), `None` where
     /// they cannot be read; empty (and left out of JSON) when none were asked for.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub stats: BTreeMap<String, Option<u64>>,
+    /// The [`DEBUGFS_VCPU_STATS`] this kernel shows in the vCPU's directory.
+    #[serde(skip)]
+    pub debugfs_stats: BTreeMap<String, u64>,
 }
 
 /// One VM as KVM's debugfs shows it.
@@ -193,13 +210,48 @@ fn read_vcpu(dir: &Path, vcpu_id: u32) -> Result<VcpuInfo, ScanError> {
             expected: "a VTL in 0..15",
         });
     }
+    let state_file = dir.join("run_state");
+    let run_state = match fs::read_to_string(&state_file) {
+        Ok(s) => {
+            let t = s.trim();
+            if !RUN_STATES.contains(&t) {
+                return Err(ScanError::Malformed {
+                    path: state_file,
+                    content: t.chars().take(40).collect(),
+                    expected: "running, halted, parked or stopped",
+                });
+            }
+            Some(t.to_string())
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io_err(&state_file, e)),
+    };
+    let target: Option<i64> =
+        read_opt_num(&dir.join("event_notify_target"), "a decimal vcpu_id or -1")?;
+    let event_notify_target = match target {
+        None | Some(-1) => None,
+        Some(t) => Some(u32::try_from(t).map_err(|_| ScanError::Malformed {
+            path: dir.join("event_notify_target"),
+            content: t.to_string(),
+            expected: "a vcpu_id or -1",
+        })?),
+    };
+    let mut debugfs_stats = BTreeMap::new();
+    for name in DEBUGFS_VCPU_STATS {
+        if let Some(v) = read_opt_num::<u64>(&dir.join(name), "a decimal counter")? {
+            debugfs_stats.insert(name.to_string(), v);
+        }
+    }
     Ok(VcpuInfo {
         vcpu_id,
         vp_index: read_opt_num(&dir.join("hv_vp_index"), "a decimal VP index")?,
         group,
         apic_id: read_num(&dir.join("apic_id"), "a decimal APIC ID")?,
         vtl,
+        run_state,
+        event_notify_target,
         stats: BTreeMap::new(),
+        debugfs_stats,
     })
 }
 

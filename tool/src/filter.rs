@@ -107,7 +107,10 @@ mod tests {
             group,
             apic_id: vcpu_id,
             vtl,
+            run_state: None,
+            event_notify_target: None,
             stats: Default::default(),
+            debugfs_stats: Default::default(),
         }
     }
 

@@ -146,6 +146,9 @@ pub fn show_table_with(vms: &[VmInfo], prev: Option<&Sample>) -> String {
     show_table_stats(vms, prev, &[])
 }
 
+/// STATE is the vCPU's debugfs `run_state` (running, halted, parked, stopped), NOTIFY the
+/// vcpu_id its armed event notification targets; `-` when not armed or the kernel has no such
+/// file.
 /// [`show_table_with`] plus one column per per-vCPU statistic in `stats` (header: the name in
 /// upper case), `-` where a vCPU's value could not be read.
 pub fn show_table_stats(vms: &[VmInfo], prev: Option<&Sample>, stats: &[String]) -> String {
@@ -160,15 +163,19 @@ pub fn show_table_stats(vms: &[VmInfo], prev: Option<&Sample>, stats: &[String])
                     opt(v.group),
                     v.apic_id.to_string(),
                     v.vtl.to_string(),
+                    opt(v.run_state.clone()),
+                    opt(v.event_notify_target),
                 ];
                 row.extend(stats.iter().map(|n| opt(v.stats.get(n).copied().flatten())));
                 row
             })
         })
         .collect();
-    let mut header: Vec<String> = ["VM", "VCPU", "VP", "GROUP", "APIC_ID", "VTL"]
-        .map(String::from)
-        .to_vec();
+    let mut header: Vec<String> = [
+        "VM", "VCPU", "VP", "GROUP", "APIC_ID", "VTL", "STATE", "NOTIFY",
+    ]
+    .map(String::from)
+    .to_vec();
     header.extend(stats.iter().map(|n| n.to_uppercase()));
     let header: Vec<&str> = header.iter().map(String::as_str).collect();
     table(&header, &rows) + &counter_lines(vms, prev)
@@ -181,6 +188,8 @@ pub struct VpCell {
     pub vcpu_id: u32,
     /// APIC group; `None` while unassigned.
     pub group: Option<u32>,
+    /// Run state (debugfs `run_state`); `None` when the kernel has no such file.
+    pub run_state: Option<String>,
 }
 
 /// One virtual processor: the vCPUs of a VM that share a Hyper-V VP index and an APIC ID
@@ -212,6 +221,7 @@ pub fn vp_rows(vms: &[VmInfo]) -> Vec<VpRow> {
                 .push(VpCell {
                     vcpu_id: v.vcpu_id,
                     group: v.group,
+                    run_state: v.run_state.clone(),
                 });
         }
         rows.extend(by_vp.into_iter().map(|((vp_index, apic_id), vtls)| VpRow {
@@ -224,8 +234,9 @@ pub fn vp_rows(vms: &[VmInfo]) -> Vec<VpRow> {
     rows
 }
 
-/// `vtlctl vps`: one line per VP, one column per VTL present, each cell `vcpu<id>/g<group>`
-/// (`g-`: unassigned), `-` where the VP has no vCPU at that VTL.
+/// `vtlctl vps`: one line per VP, one column per VTL present, each cell
+/// `vcpu<id>/g<group>/<run state>` (`g-`: unassigned; state `-`: the kernel has no
+/// `run_state`), `-` where the VP has no vCPU at that VTL.
 pub fn vps_table(vms: &[VmInfo]) -> String {
     vps_table_with(vms, None)
 }
@@ -244,7 +255,14 @@ pub fn vps_table_with(vms: &[VmInfo], prev: Option<&Sample>) -> String {
                 match r.vtls.get(vtl) {
                     Some(c) => c
                         .iter()
-                        .map(|c| format!("vcpu{}/g{}", c.vcpu_id, opt(c.group)))
+                        .map(|c| {
+                            format!(
+                                "vcpu{}/g{}/{}",
+                                c.vcpu_id,
+                                opt(c.group),
+                                opt(c.run_state.clone())
+                            )
+                        })
                         .collect::<Vec<_>>()
                         .join(","),
                     None => "-".into(),
@@ -285,7 +303,10 @@ mod tests {
                     group: Some(0),
                     apic_id: 0,
                     vtl: 0,
+                    run_state: None,
+                    event_notify_target: None,
                     stats: Default::default(),
+                    debugfs_stats: Default::default(),
                 },
                 VcpuInfo {
                     vcpu_id: 10,
@@ -293,7 +314,10 @@ mod tests {
                     group: Some(1),
                     apic_id: 0,
                     vtl: 1,
+                    run_state: None,
+                    event_notify_target: None,
                     stats: Default::default(),
+                    debugfs_stats: Default::default(),
                 },
             ],
             counters: BTreeMap::from([("apic_group_irq_dropped".to_string(), 3)]),
@@ -310,9 +334,12 @@ mod tests {
     fn show_lists_every_vcpu_and_counters() {
         let t = show_table(&[vm()]);
         let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines[0], "VM     VCPU  VP  GROUP  APIC_ID  VTL");
-        assert_eq!(lines[1], "42-11  0     0   0      0        0");
-        assert_eq!(lines[2], "42-11  10    -   1      0        1");
+        assert_eq!(
+            lines[0],
+            "VM     VCPU  VP  GROUP  APIC_ID  VTL  STATE  NOTIFY"
+        );
+        assert_eq!(lines[1], "42-11  0     0   0      0        0    -      -");
+        assert_eq!(lines[2], "42-11  10    -   1      0        1    -      -");
         assert_eq!(lines[3], "42-11: apic_group_irq_dropped=3");
     }
 
@@ -345,6 +372,15 @@ mod tests {
         assert_eq!(v["vms"][0]["vcpus"][1]["vp_index"], serde_json::Value::Null);
         assert_eq!(v["vms"][0]["vcpus"][1]["group"], 1);
         assert_eq!(v["vms"][0]["vcpus"][1]["vtl"], 1);
+        assert_eq!(
+            v["vms"][0]["vcpus"][1]["run_state"],
+            serde_json::Value::Null
+        );
+        assert_eq!(
+            v["vms"][0]["vcpus"][1]["event_notify_target"],
+            serde_json::Value::Null
+        );
+        assert!(v["vms"][0]["vcpus"][1].get("debugfs_stats").is_none());
         assert_eq!(v["vms"][0]["counters"]["apic_group_irq_dropped"], 3);
     }
 
@@ -356,9 +392,12 @@ mod tests {
             group,
             apic_id: vp,
             vtl,
+            run_state: None,
+            event_notify_target: None,
             stats: Default::default(),
+            debugfs_stats: Default::default(),
         };
-        VmInfo {
+        let mut vm = VmInfo {
             vm: "7-3".into(),
             pid: 7,
             comm: None,
@@ -373,17 +412,39 @@ mod tests {
                     group: None,
                     apic_id: 4,
                     vtl: 0,
+                    run_state: None,
+                    event_notify_target: None,
                     stats: Default::default(),
+                    debugfs_stats: Default::default(),
                 },
             ],
             counters: BTreeMap::from([("apic_group_irq_dropped".to_string(), 5)]),
+        };
+        // VTL0s run (VP 1's halted), VTL1s parked and armed for their VTL0; vCPU 4 as on a
+        // kernel without run_state.
+        for (i, state, target) in [
+            (0, "running", None),
+            (1, "halted", None),
+            (2, "parked", Some(0)),
+            (3, "parked", Some(1)),
+        ] {
+            vm.vcpus[i].run_state = Some(state.into());
+            vm.vcpus[i].event_notify_target = target;
         }
+        vm
     }
 
     #[test]
     fn unassigned_group_is_a_dash() {
         let t = show_table(&[siblings()]);
-        assert_eq!(t.lines().nth(5), Some("7-3  4     4   -      4        0"));
+        assert_eq!(
+            t.lines().nth(5),
+            Some("7-3  4     4   -      4        0    -        -")
+        );
+        assert_eq!(
+            t.lines().nth(3),
+            Some("7-3  2     0   1      0        1    parked   0")
+        );
         let t = ps_table(&[siblings()]);
         assert!(
             t.lines().nth(1).is_some_and(|l| l.contains(" 0,1,- ")),
@@ -409,10 +470,16 @@ mod tests {
     fn vps_puts_vtl_siblings_side_by_side() {
         let t = vps_table(&[siblings()]);
         let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines[0], "VM   VP  APIC_ID  VTL0      VTL1");
-        assert_eq!(lines[1], "7-3  0   0        vcpu0/g0  vcpu2/g1");
-        assert_eq!(lines[2], "7-3  1   1        vcpu1/g0  vcpu3/g1");
-        assert_eq!(lines[3], "7-3  4   4        vcpu4/g-  -");
+        assert_eq!(lines[0], "VM   VP  APIC_ID  VTL0              VTL1");
+        assert_eq!(
+            lines[1],
+            "7-3  0   0        vcpu0/g0/running  vcpu2/g1/parked"
+        );
+        assert_eq!(
+            lines[2],
+            "7-3  1   1        vcpu1/g0/halted   vcpu3/g1/parked"
+        );
+        assert_eq!(lines[3], "7-3  4   4        vcpu4/g-/-        -");
         assert_eq!(lines[4], "7-3: apic_group_irq_dropped=5");
         assert_eq!(lines.len(), 5);
         let rows = vp_rows(&[siblings()]);
@@ -426,6 +493,11 @@ mod tests {
         assert_eq!(v["vps"][0]["apic_id"], 0);
         assert_eq!(v["vps"][0]["vtls"]["1"][0]["vcpu_id"], 2);
         assert_eq!(v["vps"][0]["vtls"]["1"][0]["group"], 1);
+        assert_eq!(v["vps"][0]["vtls"]["1"][0]["run_state"], "parked");
+        assert_eq!(
+            v["vps"][2]["vtls"]["0"][0]["run_state"],
+            serde_json::Value::Null
+        );
         assert_eq!(
             v["vps"][2]["vtls"]["0"][0]["group"],
             serde_json::Value::Null
@@ -440,7 +512,7 @@ mod tests {
         let t = vps_table(&[vm]);
         assert_eq!(
             t.lines().nth(1),
-            Some("7-3  0   0        vcpu0/g0,vcpu4/g-  vcpu2/g1")
+            Some("7-3  0   0        vcpu0/g0/running,vcpu4/g-/-  vcpu2/g1/parked")
         );
     }
 
@@ -458,19 +530,19 @@ mod tests {
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(
             lines[0],
-            "VM   VCPU  VP  GROUP  APIC_ID  VTL  HV_VTL_EXITS  IO_EXITS"
+            "VM   VCPU  VP  GROUP  APIC_ID  VTL  STATE    NOTIFY  HV_VTL_EXITS  IO_EXITS"
         );
         assert_eq!(
             lines[1],
-            "7-3  0     0   0      0        0    7             120"
+            "7-3  0     0   0      0        0    running  -       7             120"
         );
         assert_eq!(
             lines[2],
-            "7-3  1     1   0      1        0    -             -"
+            "7-3  1     1   0      1        0    halted   -       -             -"
         );
         assert_eq!(
             lines[3],
-            "7-3  2     0   1      0        1    0             -"
+            "7-3  2     0   1      0        1    parked   0       0             -"
         );
         assert_eq!(lines[6], "7-3: apic_group_irq_dropped=5");
         // Without names the table is what it was.

@@ -435,9 +435,23 @@ pub fn fill_from(
     let mut rep = FillReport::default();
     for vm in vms.iter_mut() {
         for v in &mut vm.vcpus {
-            v.stats = names.iter().map(|n| (n.clone(), None)).collect();
+            // Statistics the vCPU's debugfs directory shows (series v4) need no stats fd.
+            v.stats = names
+                .iter()
+                .map(|n| (n.clone(), v.debugfs_stats.get(n).copied()))
+                .collect();
         }
     }
+    // The rest come from the VMMs' stats fds.
+    let names: Vec<String> = names
+        .iter()
+        .filter(|n| {
+            !vms.iter()
+                .all(|vm| vm.vcpus.iter().all(|v| v.debugfs_stats.contains_key(*n)))
+        })
+        .cloned()
+        .collect();
+    let names = names.as_slice();
     if names.is_empty() || vms.is_empty() {
         return rep;
     }
@@ -485,6 +499,9 @@ pub fn fill_from(
                 }
             };
             for n in names {
+                if v.debugfs_stats.contains_key(n) {
+                    continue;
+                }
                 match stats.get(n) {
                     Some(st) => {
                         if st.value().is_none() && strict.contains(n) && !rep.not_single.contains(n)

@@ -92,11 +92,14 @@ fn per_vcpu_stats_of_a_recorded_tree_are_dashes_said_once() {
     let (rc, out, err) = vtlctl(&["show", "--stat", "io_exits"], &root);
     assert_eq!(rc, 0, "{err}");
     let lines: Vec<&str> = out.lines().collect();
-    assert!(lines[0].ends_with("VTL  HV_VTL_EXITS  IO_EXITS"), "{out}");
+    assert!(
+        lines[0].ends_with("VTL  STATE  NOTIFY  HV_VTL_EXITS  IO_EXITS"),
+        "{out}"
+    );
     assert!(
         lines[1..5]
             .iter()
-            .all(|l| l.starts_with(&name) && l.ends_with("  -             -")),
+            .all(|l| l.starts_with(&name) && l.ends_with("  -      -       -             -")),
         "{out}"
     );
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -219,9 +222,17 @@ fn unassigned_vcpus_are_a_dash_and_null() {
     assert_eq!(v["vms"][0]["vcpus"][2]["group"], 1);
     let (_, out, _) = vtlctl(&["show"], &root);
     assert!(
-        out.lines().any(|l| l
-            .split_whitespace()
-            .eq([name.as_str(), "3", "3", "-", "3", "0", "-"])),
+        out.lines().any(|l| l.split_whitespace().eq([
+            name.as_str(),
+            "3",
+            "3",
+            "-",
+            "3",
+            "0",
+            "-",
+            "-",
+            "-"
+        ])),
         "{out}"
     );
     let (_, out, _) = vtlctl(&["ps"], &root);
@@ -248,8 +259,15 @@ fn vps_shows_vtl_siblings_side_by_side() {
         .map(|l| l.split_whitespace().collect())
         .collect();
     assert_eq!(lines[0], ["VM", "VP", "APIC_ID", "VTL0", "VTL1"], "{out}");
-    assert_eq!(lines[1], [name.as_str(), "0", "0", "vcpu0/g0", "vcpu2/g1"]);
-    assert_eq!(lines[2], [name.as_str(), "1", "1", "vcpu1/g0", "vcpu3/g1"]);
+    // A tree from before series v4: no run_state files.
+    assert_eq!(
+        lines[1],
+        [name.as_str(), "0", "0", "vcpu0/g0/-", "vcpu2/g1/-"]
+    );
+    assert_eq!(
+        lines[2],
+        [name.as_str(), "1", "1", "vcpu1/g0/-", "vcpu3/g1/-"]
+    );
     assert_eq!(
         lines[3],
         [format!("{name}:").as_str(), "apic_group_irq_dropped=0"]
@@ -407,4 +425,127 @@ fn stderr_of(child: &mut std::process::Child) -> String {
         .read_to_string(&mut err)
         .expect("read");
     err
+}
+
+/// The VM of the v4 fixture.
+fn v4_name() -> String {
+    common::DEMO_V4
+        .lines()
+        .next()
+        .and_then(|l| l.split('/').next())
+        .expect("fixture has a VM")
+        .to_string()
+}
+
+/// As on a host where the VMM parked VTL1 of VP 0 armed for its VTL0, which runs, and VTL1
+/// made 7 VTL exits.
+fn v4_live(p: &str, c: &str) -> Option<String> {
+    Some(match p {
+        _ if p.ends_with("/vcpu0/run_state") => "running".into(),
+        _ if p.ends_with("/vcpu2/run_state") => "parked".into(),
+        _ if p.ends_with("/vcpu2/event_notify_target") => "0".into(),
+        _ if p.ends_with("/vcpu2/hv_vtl_exits") => "7".into(),
+        _ => c.to_string(),
+    })
+}
+
+#[test]
+fn v4_run_state_and_debugfs_hv_vtl_exits() {
+    let name = v4_name();
+    // As recorded: the demo runs no vCPU (stopped), none armed; hv_vtl_exits comes from each
+    // vCPU's debugfs file, so a recorded tree has it (no note about stats fds).
+    let (_t, root) = tree(common::DEMO_V4, keep);
+    let (rc, out, err) = vtlctl(&["show"], &root);
+    assert_eq!((rc, err.as_str()), (0, ""), "{out}");
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows[0],
+        [
+            "VM",
+            "VCPU",
+            "VP",
+            "GROUP",
+            "APIC_ID",
+            "VTL",
+            "STATE",
+            "NOTIFY",
+            "HV_VTL_EXITS"
+        ]
+    );
+    assert_eq!(
+        rows[1],
+        [name.as_str(), "0", "0", "0", "0", "0", "stopped", "-", "0"]
+    );
+    // A statistic debugfs does not have still needs the VMM's stats fd: noted, `-`.
+    let (rc, out, err) = vtlctl(&["show", "--stat", "io_exits"], &root);
+    assert_eq!(rc, 0, "{err}");
+    assert!(
+        out.lines()
+            .nth(1)
+            .is_some_and(|l| l.ends_with("  0             -")),
+        "{out}"
+    );
+    assert!(err.contains("not a live debugfs"), "{err}");
+
+    let (_t, root) = tree(common::DEMO_V4, v4_live);
+    let (_, out, _) = vtlctl(&["show"], &root);
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows[1][6..], ["running", "-", "0"], "{out}");
+    assert_eq!(rows[3][6..], ["parked", "0", "7"], "{out}");
+    let (_, out, _) = vtlctl(&["vps"], &root);
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows[1],
+        [
+            name.as_str(),
+            "0",
+            "0",
+            "vcpu0/g0/running",
+            "vcpu2/g1/parked"
+        ]
+    );
+    assert_eq!(
+        rows[2],
+        [
+            name.as_str(),
+            "1",
+            "1",
+            "vcpu1/g0/stopped",
+            "vcpu3/g1/stopped"
+        ]
+    );
+    let (_, out, _) = vtlctl(&["show", "--json"], &root);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let c = &v["vms"][0]["vcpus"];
+    assert_eq!(c[2]["run_state"], "parked");
+    assert_eq!(c[2]["event_notify_target"], 0);
+    assert_eq!(c[2]["stats"]["hv_vtl_exits"], 7);
+    assert_eq!(c[1]["event_notify_target"], serde_json::Value::Null);
+    let (_, out, _) = vtlctl(&["vps", "--json"], &root);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["vps"][0]["vtls"]["1"][0]["run_state"], "parked");
+
+    // Something KVM never writes is a malformed file, named.
+    let (_t, root) = tree(common::DEMO_V4, |p, c| {
+        Some(if p.ends_with("/vcpu1/run_state") {
+            "sleeping".into()
+        } else {
+            c.to_string()
+        })
+    });
+    let (rc, _, err) = vtlctl(&["show"], &root);
+    assert_eq!(rc, 1, "{err}");
+    assert!(
+        err.contains("vcpu1/run_state") && err.contains("sleeping"),
+        "{err}"
+    );
 }

@@ -31,7 +31,10 @@ fn vm_info(pid: u32, fd: i32, ids: &[u32]) -> VmInfo {
                 group: Some(0),
                 apic_id: vcpu_id,
                 vtl: 0,
+                run_state: None,
+                event_notify_target: None,
                 stats: BTreeMap::new(),
+                debugfs_stats: Default::default(),
             })
             .collect(),
         counters: BTreeMap::new(),

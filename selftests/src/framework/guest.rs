@@ -105,6 +105,9 @@ pub mod pcpu {
     pub const VSM_BLOCK_CUR: u64 = 0xe8;
     /// u64 (VSM): VtlCalls left in a [`super::hvprog::VTL_CALL_LOOP`] (guest scratch).
     pub const VSM_LOOP_LEFT: u64 = 0xf0;
+    /// u64 (VSM, VTL1 vCPU): entries with `HV_VP_VTL_CONTROL.EntryReason` = 2 (Interrupt):
+    /// the VTL1 guest took its pending interrupts and returned (no block used).
+    pub const VSM_INT_ENTRIES: u64 = 0xf8;
     /// u32 x 256: interrupts handled, per vector.
     pub const IRQ_COUNTS: u64 = 0x100;
     /// u64: exceptions (vectors 0..31) taken.
@@ -264,6 +267,16 @@ pub mod hvprog {
     /// Benchmark: LOOP_COUNT hypercalls with CONTROL, RDX, R8 (each must return
     /// HV_STATUS_SUCCESS, else the guest aborts); RESULT = TSC cycles.
     pub const HCALL_LOOP: u64 = 9;
+    /// Spin with interrupts disabled until the u32 at A0 (e.g. another vCPU's interrupt
+    /// count) reaches A1, or A2 TSC cycles passed. RAX and RCX are live all along (an
+    /// iteration count and its complement) and R8/R15 hold copies: a VTL switch that does not
+    /// give them back aborts the guest. RAX_IN bit 0: open an interrupt window (STI; NOP; CLI)
+    /// every 256 iterations, so this VTL takes its own interrupts now and then. While
+    /// spinning, RCX_OUT = 2; at the end RESULT = iterations, RCX_OUT = 1 (reached) or 0
+    /// (timed out). RFLAGS.IF is restored afterwards.
+    pub const SPIN_UNTIL: u64 = 10;
+    /// u64 ([`SPIN_UNTIL`]): the TSC budget.
+    pub const A2: u64 = 24;
 
     /// u64 ([`ENABLE_VP_VTL`]): RIP of the new VTL.
     pub const VP_CTX_RIP: u64 = 64;
@@ -351,6 +364,8 @@ pub mod vsm {
         pub const V0_CR3: u64 = 0x298;
         /// u64: VTL0's GS base when resumed.
         pub const V0_GS_BASE: u64 = 0x2a0;
+        /// u64: bit 63 set: VTL1 writes bits 3:0 to CR8 (its TPR) before returning.
+        pub const V1_SET_CR8: u64 = 0x2a8;
         /// Size of a block.
         pub const SIZE: u64 = 0x2c0;
     }
@@ -412,6 +427,10 @@ pub mod vsm {
         pub const ENABLE: u64 = 1;
     }
 
+    /// [`block::V1_SET_CR8`]: write CR8.
+    pub const SET_CR8: u64 = 1 << 63;
+    /// `HV_VP_VTL_CONTROL.EntryReason` of an entry because of an interrupt.
+    pub const ENTRY_REASON_INTERRUPT: u64 = 2;
     /// VtlReturn's RAX: fast return (bit 0), leaving RAX/RCX as the returning VTL left them.
     pub const RETURN_FAST: u64 = 1;
     /// RFLAGS of the new VTL (bit 1 is always set; IF clear).
@@ -903,6 +922,8 @@ vtlkit_guest_hv_step:
     je vtlkit_guest_vsm_vtl_call_loop
     cmp rax, {HVPROG_HCALL_LOOP}
     je vtlkit_guest_hcall_loop
+    cmp rax, {HVPROG_SPIN_UNTIL}
+    je vtlkit_guest_spin_until
     GUEST_ASSERT_EQ rax, {HVPROG_GATE}, "unknown hypercall-program step"
     mov rdi, {STAGE_HV_GATE}
     mov rsi, [rbx + {HVPROG_A0}]
@@ -1254,6 +1275,57 @@ vtlkit_guest_hcall_loop:
     mov [rbx + {HVPROG_RESULT}], rax
     ret
 
+// vtlkit_guest_spin_until: program step SPIN_UNTIL, RBX = the entry (guest.rs hvprog).
+// Preserves RBX and R12 (R9, R10, R13..R15 are scratch here).
+vtlkit_guest_spin_until:
+    push rbx
+    push r12
+    pushfq
+    cli
+    rdtsc
+    shl rdx, 32
+    or rax, rdx
+    add rax, [rbx + {HVPROG_A2}]
+    mov r12, rax                            // R12 = TSC deadline
+    mov r9, [rbx + {HVPROG_A0}]             // R9 = the counter's address
+    mov r10, [rbx + {HVPROG_A1}]            // R10 = the value to reach
+    mov r13, [rbx + {HVPROG_RAX_IN}]        // R13 = flags
+    mov qword ptr [rbx + {HVPROG_RCX_OUT}], 2
+    xor eax, eax                            // RAX = iterations
+    mov rcx, -1                             // RCX = NOT RAX, always
+2:  cmp dword ptr [r9], r10d
+    jae 4f
+    inc rax
+    dec rcx
+    test eax, 0xff
+    jnz 2b
+    test r13, 1
+    jz 3f
+    sti                                     // an interrupt window for this VTL
+    nop
+    cli
+3:  mov r8, rax
+    mov r15, rcx
+    rdtsc
+    shl rdx, 32
+    or rax, rdx
+    cmp rax, r12
+    mov rax, r8                             // (MOV leaves the flags alone)
+    mov rcx, r15
+    jb 2b
+    xor r14d, r14d                          // timed out
+    jmp 5f
+4:  mov r14d, 1                             // reached
+5:  mov rdx, rax
+    not rdx
+    GUEST_ASSERT_EQ rcx, rdx, "RCX != NOT RAX after the spin: a VTL switch lost VTL0's RAX/RCX"
+    popfq
+    pop r12
+    pop rbx
+    mov [rbx + {HVPROG_RESULT}], rax
+    mov [rbx + {HVPROG_RCX_OUT}], r14
+    ret
+
 // Entry: vtlkit_guest_vsm_vtl1. Where VTL1 starts (HvCallEnableVpVtl's RIP) and where it comes
 // back to after each VtlReturn. Each entry: save every register at once; the first one also
 // writes this VTL's GUEST_OS_ID and HYPERCALL MSRs (from the data page), enables its VP assist
@@ -1284,7 +1356,35 @@ vtlkit_guest_vsm_vtl1:
     call vtlkit_guest_wrmsr64
 2:  call vtlkit_guest_apic_enable
     mov qword ptr gs:[{PCPU_VSM_INIT}], 1
-4:  cmp qword ptr gs:[{PCPU_VSM_BENCH}], 0
+4:  mov rsi, gs:[{PCPU_VSM_ASSIST}]
+    test rsi, rsi
+    jz 9f
+    cmp dword ptr [rsi + {ASSIST_ENTRY_REASON}], {VSM_ENTRY_REASON_INTERRUPT}
+    jne 9f
+    // Entered because of an interrupt for this VTL: the lower VTL was stopped anywhere, so
+    // every shared register is its live state. Keep its RAX/RCX in HV_VP_VTL_CONTROL for the
+    // (normal) VtlReturn to restore, take what is pending (RFLAGS.IF is this VTL's own, clear
+    // here), give back every other shared register and return. No block is used.
+    mov dword ptr [rsi + {ASSIST_ENTRY_REASON}], 0
+    lock inc qword ptr gs:[{PCPU_VSM_INT_ENTRIES}]
+    mov rax, gs:[{PCPU_VSM_REGS} + 0]
+    mov [rsi + {ASSIST_RET_RAX}], rax
+    mov rax, gs:[{PCPU_VSM_REGS} + 8]
+    mov [rsi + {ASSIST_RET_RCX}], rax
+    mov ecx, 16
+    sti
+2:  nop                                     // interrupts are taken here
+    dec ecx
+    jnz 2b
+    cli
+    mov rax, gs:[{PCPU_SELF}]
+    add rax, {PCPU_VSM_REGS}
+    VSM_LOAD_REGS
+    xor eax, eax                            // normal return: RAX/RCX come from the assist page
+    mov ecx, {HV_CALL_VTL_RETURN}
+    call vtlkit_guest_hcall_insn
+    jmp vtlkit_guest_vsm_vtl1
+9:  cmp qword ptr gs:[{PCPU_VSM_BENCH}], 0
     jne 8f
     mov rdi, gs:[{PCPU_VSM_ROUND}]
     imul rdi, rdi, {BLK_SIZE}
@@ -1322,7 +1422,12 @@ vtlkit_guest_vsm_vtl1:
     mov [rsi + {ASSIST_RET_RAX}], rax
     mov rax, [rdi + {BLK_V1_RET_RCX}]
     mov [rsi + {ASSIST_RET_RCX}], rax
-7:  inc qword ptr gs:[{PCPU_VSM_ROUND}]
+7:  mov rax, [rdi + {BLK_V1_SET_CR8}]
+    bt rax, 63
+    jnc 2f
+    and eax, 0xf
+    mov cr8, rax
+2:  inc qword ptr gs:[{PCPU_VSM_ROUND}]
     lea rax, [rdi + {BLK_V1_OUT}]
     VSM_LOAD_REGS
     call vtlkit_guest_hcall_insn            // VtlReturn; the next VtlCall resumes here
@@ -1508,6 +1613,12 @@ vtlkit_guest_end:
     PCPU_VSM_BLOCK_CUR = const pcpu::VSM_BLOCK_CUR,
     PCPU_VSM_LOOP_LEFT = const pcpu::VSM_LOOP_LEFT,
     PCPU_VSM_REGS = const pcpu::VSM_REGS,
+    PCPU_VSM_INT_ENTRIES = const pcpu::VSM_INT_ENTRIES,
+    PCPU_SELF = const pcpu::SELF,
+    HVPROG_SPIN_UNTIL = const hvprog::SPIN_UNTIL,
+    HVPROG_A2 = const hvprog::A2,
+    BLK_V1_SET_CR8 = const vsm::block::V1_SET_CR8,
+    VSM_ENTRY_REASON_INTERRUPT = const vsm::ENTRY_REASON_INTERRUPT,
     VSM_REGS_XMM6 = const vsm::regs::XMM6,
     VSM_REGS_QWORDS = const vsm::regs::QWORDS,
     BLK_IN = const vsm::block::IN,

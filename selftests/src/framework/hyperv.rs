@@ -524,6 +524,20 @@ pub enum Step {
     EnableVpVtl(EnableVpVtl),
     /// Benchmark: `count` VtlCalls in a row.
     VtlCallLoop(u64),
+    /// Spin with interrupts disabled until the u32 at `addr` reaches `value` or `cycles` TSC
+    /// cycles passed ([`crate::guest::hvprog::SPIN_UNTIL`]); with `windows`, briefly enable
+    /// interrupts every 256 iterations. The outcome's RCX is 1 if reached, 0 if timed out (2
+    /// while spinning), its RAX the iterations.
+    SpinUntil {
+        /// GPA of the u32 to watch.
+        addr: u64,
+        /// The value to reach.
+        value: u32,
+        /// TSC budget.
+        cycles: u64,
+        /// Open interrupt windows for this VTL now and then.
+        windows: bool,
+    },
     /// Benchmark: `count` times the same hypercall, each must return HV_STATUS_SUCCESS.
     HcallLoop {
         /// Control word (RCX).
@@ -705,6 +719,19 @@ pub(crate) fn load(mem: &GuestMem, index: usize, prog: &Program) -> Result<Loade
                 rdxs.push(0);
                 w(hvprog::KIND, hvprog::VTL_CALL_LOOP)?;
                 w(hvprog::LOOP_COUNT, *count)?;
+            }
+            Step::SpinUntil {
+                addr,
+                value,
+                cycles,
+                windows,
+            } => {
+                rdxs.push(0);
+                w(hvprog::KIND, hvprog::SPIN_UNTIL)?;
+                w(hvprog::A0, *addr)?;
+                w(hvprog::A1, (*value).into())?;
+                w(hvprog::A2, *cycles)?;
+                w(hvprog::RAX_IN, u64::from(*windows))?;
             }
             Step::HcallLoop {
                 control,

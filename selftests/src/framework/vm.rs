@@ -852,7 +852,7 @@ impl TestVm {
         loop {
             match run_once(vcpu, &mem, handler.as_ref())? {
                 Step::Ucall(u) => return Ok(u),
-                Step::Interrupted | Step::Hyperv => continue,
+                Step::Interrupted | Step::Hyperv | Step::EventNotify(_) => continue,
             }
         }
     }
@@ -898,6 +898,9 @@ pub(crate) enum Step {
     /// A `KVM_EXIT_HYPERV`, left in the vCPU's `kvm_run` for the caller ([`run_once_raw`]
     /// only).
     Hyperv,
+    /// A `KVM_EXIT_EVENT_NOTIFY` naming the armed vCPU (its vcpu_id) that has an event
+    /// ([`run_once_raw`] only; the VP runner switches VTL).
+    EventNotify(u32),
 }
 
 /// One KVM_RUN. Decodes ucalls; PRINT is printed here and reported as `Interrupted` (the caller
@@ -916,6 +919,11 @@ pub(crate) fn run_once_raw(vcpu: &mut Vcpu, mem: &GuestMem) -> Result<Step> {
     let id = vcpu.id;
     let (port, data) = match vcpu.fd.run() {
         Ok(VcpuExit::Hyperv) => return Ok(Step::Hyperv),
+        Ok(VcpuExit::Unsupported(r)) if r == vtlkit_uapi::raw::KVM_EXIT_EVENT_NOTIFY => {
+            let id = vtlkit_uapi::notify::event_notify_exit(vcpu.fd.get_kvm_run())
+                .ok_or_else(|| anyhow!("vCPU {id}: KVM_EXIT_EVENT_NOTIFY not in kvm_run"))?;
+            return Ok(Step::EventNotify(id));
+        }
         Ok(VcpuExit::IoOut(port, data)) => {
             let mut d = [0u8; 4];
             let n = data.len().min(4);
@@ -1076,7 +1084,7 @@ fn vcpu_thread(
     let index = vcpu.index;
     while !sh.stop.load(Ordering::SeqCst) {
         match run_once(&mut vcpu, &mem, handler.as_ref()) {
-            Ok(Step::Interrupted | Step::Hyperv) => {}
+            Ok(Step::Interrupted | Step::Hyperv | Step::EventNotify(_)) => {}
             Ok(Step::Ucall(u)) => {
                 let last = !matches!(u, Ucall::Sync { .. });
                 sh.push(index, Ok(u));

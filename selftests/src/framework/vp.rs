@@ -32,6 +32,12 @@
 //!   order ([`VpRunning::events`], [`VpRunning::switches`]). Cross-VTL IPIs a higher VTL sends
 //!   to a lower one are delivered with `KVM_SIGNAL_MSI` naming the lower VTL's APIC group
 //!   ([`MsiDelivery`]); the lower VTL takes them when it runs again.
+//! * Interrupts for a parked VTL (series v4): when the kernel has `KVM_CAP_VCPU_EVENT_NOTIFY`,
+//!   [`VsmVm::new`] enables it and [`VsmVm::start`] has the partition arm every parked higher
+//!   VTL ([`Partition::enable_event_notify`]); a `KVM_EXIT_EVENT_NOTIFY` of the running sibling
+//!   goes to [`Partition::handle_event_notify`], which enters the interrupted-for VTL (logged
+//!   as [`VpEvent::Interrupted`]) or resumes ([`VpEvent::NotifyResumed`]). A halted VTL0 is
+//!   woken by the kernel for it.
 //! * [`VpRunning::stop`] stops the threads and gives back the partition ([`VpStopped`]) for
 //!   checks of KVM state (LAPIC IRR of a sibling, which VTL is active, ...).
 //!
@@ -75,7 +81,7 @@ use kvm_bindings::{kvm_debugregs, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs
 use kvm_ioctls::VmFd;
 use vtlkit_uapi::vtl::{
     set_hcall_result, Env, GuestMemory, HcallExit, MemoryError, MsiDelivery, NoProtections,
-    NoSiblings, Outcome, Partition, PartitionConfig, VtlVcpu,
+    NoSiblings, NotifyOutcome, Outcome, Partition, PartitionConfig, VtlVcpu,
 };
 use vtlkit_uapi::ApicGroup;
 
@@ -173,6 +179,15 @@ impl VtlVcpu for Vcpu {
     }
     fn set_pending_result(&mut self, result: u64) -> io::Result<()> {
         VtlVcpu::set_pending_result(&mut self.fd, result)
+    }
+    fn vcpu_id(&self) -> Option<u32> {
+        u32::try_from(self.id).ok()
+    }
+    fn set_event_notify(&self, target: Option<u32>) -> io::Result<()> {
+        VtlVcpu::set_event_notify(&self.fd, target)
+    }
+    fn event_pending(&self) -> io::Result<bool> {
+        VtlVcpu::event_pending(&self.fd)
     }
 }
 
@@ -290,8 +305,11 @@ pub struct Round {
     pub ret_rax: u64,
     /// VTL1 writes this to `vtl_ret_x64rcx`.
     pub ret_rcx: u64,
-    /// A fast hypercall (control, RDX, R8) VTL1 issues before returning.
+    /// A hypercall (control, RDX, R8) VTL1 issues before returning (fast, or slow with RDX
+    /// the input GPA).
     pub vtl1_hcall: Option<(u64, u64, u64)>,
+    /// A TPR class (0..=15) VTL1 writes to CR8 before returning.
+    pub vtl1_cr8: Option<u8>,
 }
 
 impl Round {
@@ -305,6 +323,7 @@ impl Round {
             ret_rax: 0x7a7a_0000_0000_0000 | u64::from(tag),
             ret_rcx: 0x7c7c_0000_0000_0000 | u64::from(tag),
             vtl1_hcall: None,
+            vtl1_cr8: None,
         }
     }
 
@@ -353,6 +372,8 @@ pub struct VsmVm {
     vps: u32,
     config: PartitionConfig,
     unhandled: Option<UnhandledHandler>,
+    /// `KVM_CAP_VCPU_EVENT_NOTIFY` is enabled on the VM (series v4).
+    notify: bool,
 }
 
 impl VsmVm {
@@ -367,6 +388,13 @@ impl VsmVm {
             ..Default::default()
         })?;
         hyperv::enable_vsm(&vm.fd)?;
+        // Interrupts for a parked VTL (series v4): enabled before the vCPUs exist (APICv
+        // inhibited from the start), used by the partition from `start`.
+        let notify = vtlkit_uapi::notify::event_notify_supported(&vm.kvm);
+        if notify {
+            vtlkit_uapi::notify::enable_event_notify(&vm.fd)
+                .context("KVM_ENABLE_CAP(KVM_CAP_VCPU_EVENT_NOTIFY)")?;
+        }
         let config = PartitionConfig::default();
         for vtl in 0..VTLS {
             for vp in 0..vps {
@@ -404,6 +432,7 @@ impl VsmVm {
             vps,
             config,
             unhandled: None,
+            notify,
         })
     }
 
@@ -472,6 +501,12 @@ impl VsmVm {
             m.write_u64(b + vsm::block::V1_HC_RDX, rdx)?;
             m.write_u64(b + vsm::block::V1_HC_R8, r8)?;
         }
+        if let Some(cr8) = r.vtl1_cr8 {
+            m.write_u64(
+                b + vsm::block::V1_SET_CR8,
+                vsm::SET_CR8 | u64::from(cr8 & 0xf),
+            )?;
+        }
         Ok(())
     }
 
@@ -526,6 +561,11 @@ impl VsmVm {
             partition
                 .add_sibling(vp, 1, vtl1)
                 .context("Partition::add_sibling")?;
+        }
+        if self.notify {
+            partition
+                .enable_event_notify()
+                .context("Partition::enable_event_notify")?;
         }
         // A second VmFd on the same VM for the threads' KVM_SIGNAL_MSI.
         // SAFETY: dup() of a live fd we own; the result is checked and handed to
@@ -604,6 +644,24 @@ pub enum VpEvent {
         /// Vector (6: #UD).
         vector: u8,
     },
+    /// An interrupt for VTL `to` (parked) stopped VTL `from` (`KVM_EXIT_EVENT_NOTIFY`) and the
+    /// VP switched to it (entry reason Interrupt).
+    Interrupted {
+        /// VTL that was running.
+        from: u8,
+        /// VTL that runs now.
+        to: u8,
+        /// The vcpu_id the exit named.
+        notifier: u32,
+    },
+    /// A `KVM_EXIT_EVENT_NOTIFY` found no higher VTL with an event any more: re-armed, the
+    /// same VTL ran on.
+    NotifyResumed {
+        /// VTL that runs.
+        vtl: u8,
+        /// The vcpu_id the exit named.
+        notifier: u32,
+    },
     /// A hypercall the state machine does not answer, answered by the test's handler.
     Forwarded {
         /// Caller's VTL.
@@ -675,6 +733,28 @@ fn vp_loop(
                 if let Some(ev) = answer(vp, vtl, &vcpu, sh, mem, vmfd, handler)? {
                     lock(&sh.events[vp as usize]).push(ev);
                 }
+            }
+            RunStep::EventNotify(notifier) => {
+                let ev = {
+                    let mut p = lock(&sh.partition);
+                    let delivery = MsiDelivery(vmfd);
+                    let (mut protections, mut siblings) = (NoProtections, NoSiblings);
+                    let mut env = Env {
+                        memory: &**mem,
+                        delivery: &delivery,
+                        protections: &mut protections,
+                        siblings: &mut siblings,
+                    };
+                    match p.handle_event_notify(&mut env, vp, vtl).with_context(|| {
+                        format!("VP {vp} VTL {vtl}: event notification from vCPU {notifier}")
+                    })? {
+                        NotifyOutcome::Interrupted { from, to } => {
+                            VpEvent::Interrupted { from, to, notifier }
+                        }
+                        NotifyOutcome::Resume => VpEvent::NotifyResumed { vtl, notifier },
+                    }
+                };
+                lock(&sh.events[vp as usize]).push(ev);
             }
         }
     }

@@ -17,3 +17,4 @@ pub mod hyperv;
 pub mod nested;
 pub mod vsm;
 pub mod vtlctl;
+pub mod wake;

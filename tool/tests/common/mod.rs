@@ -11,6 +11,9 @@ use std::process::Command;
 
 pub const DEMO: &str = include_str!("../fixtures/demo-2x2.tree");
 pub const NO_SERIES: &str = include_str!("../fixtures/no-series.tree");
+/// `vtlctl demo --vps 2 --vtls 2` recorded on the series v4 kernel: each vCPU directory has
+/// `run_state`, `event_notify_target` and `hv_vtl_exits`.
+pub const DEMO_V4: &str = include_str!("../fixtures/demo-2x2-v4.tree");
 
 /// Materialise a fixture under `<tmp>/kvm`, applying `edit(path, content) -> Option<content>`
 /// (None drops the file).

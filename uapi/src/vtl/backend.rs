@@ -60,6 +60,37 @@ pub trait VtlVcpu {
     /// previous forwarded hypercall until written, so the state machine writes it for every
     /// switch and #UD it decides. A no-op when `kvm_run` holds no HCALL exit.
     fn set_pending_result(&mut self, result: u64) -> io::Result<()>;
+
+    /// The vcpu_id KVM knows this vCPU by: the target named when the VP's higher VTLs are armed
+    /// while this one runs ([`super::Partition::enable_event_notify`]). `None` (the default):
+    /// unknown, and the partition cannot arm notifications that target this vCPU (a bare
+    /// `VcpuFd` does not know its id; wrap it in a type that does).
+    fn vcpu_id(&self) -> Option<u32> {
+        None
+    }
+    /// `KVM_SET_EVENT_NOTIFY`: `Some(target)` arms this vCPU to make the vCPU with vcpu_id
+    /// `target` exit with `KVM_EXIT_EVENT_NOTIFY` as soon as this one has an event it would
+    /// take; `None` disarms it. The default fails with [`io::ErrorKind::Unsupported`].
+    fn set_event_notify(&self, target: Option<u32>) -> io::Result<()> {
+        let _ = target;
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this vCPU type has no KVM_SET_EVENT_NOTIFY",
+        ))
+    }
+    /// `KVM_GET_EVENT_NOTIFY`'s `KVM_EVENT_NOTIFY_PENDING`: whether this vCPU has an event it
+    /// would take if it ran (an interrupt above its PPR whatever RFLAGS.IF says, an NMI, ...),
+    /// evaluated now. The default fails with [`io::ErrorKind::Unsupported`].
+    fn event_pending(&self) -> io::Result<bool> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this vCPU type has no KVM_GET_EVENT_NOTIFY",
+        ))
+    }
+}
+
+fn notify_err(e: crate::Error) -> io::Error {
+    io::Error::from_raw_os_error(e.errno())
 }
 
 fn errno(e: kvm_ioctls::Error) -> io::Error {
@@ -157,6 +188,18 @@ impl VtlVcpu for VcpuFd {
         super::exit::set_hcall_result(self.get_kvm_run(), result);
         Ok(())
     }
+    fn set_event_notify(&self, target: Option<u32>) -> io::Result<()> {
+        use crate::notify::VcpuEventNotifyExt;
+        match target {
+            Some(t) => self.arm_event_notify(t),
+            None => self.disarm_event_notify(),
+        }
+        .map_err(notify_err)
+    }
+    fn event_pending(&self) -> io::Result<bool> {
+        use crate::notify::VcpuEventNotifyExt;
+        Ok(self.event_notify().map_err(notify_err)?.pending)
+    }
 }
 
 fn poisoned() -> io::Error {
@@ -214,6 +257,17 @@ impl<T: VtlVcpu> VtlVcpu for Arc<Mutex<T>> {
         self.lock()
             .map_err(|_| poisoned())?
             .set_pending_result(result)
+    }
+    fn vcpu_id(&self) -> Option<u32> {
+        self.lock().ok()?.vcpu_id()
+    }
+    fn set_event_notify(&self, target: Option<u32>) -> io::Result<()> {
+        self.lock()
+            .map_err(|_| poisoned())?
+            .set_event_notify(target)
+    }
+    fn event_pending(&self) -> io::Result<bool> {
+        self.lock().map_err(|_| poisoned())?.event_pending()
     }
 }
 

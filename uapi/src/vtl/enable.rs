@@ -107,7 +107,7 @@ impl<V: VtlVcpu> Partition<V> {
             let Some(vcpu) = created else {
                 return Err(HvStatus::NO_RESOURCES.into());
             };
-            self.vp_mut_ref(vp_index)?.vcpus[usize::from(target)] = Some(vcpu);
+            self.vp_mut_ref(vp_index)?.install(target, vcpu);
         }
         let vp = self.vp_mut_ref(vp_index)?;
         let vcpu = vp.vcpus[usize::from(target)]
@@ -115,6 +115,9 @@ impl<V: VtlVcpu> Partition<V> {
             .ok_or(VtlError::BadVtl(target))?;
         apply_initial_context(vcpu, vp_index, target, &ctx)?;
         vp.enabled |= 1 << target;
+        // An interrupt for the new VTL now preempts a lower one running on that VP.
+        let notify = self.notify;
+        super::wake::apply_policy(notify, self.vp_mut_ref(vp_index)?)?;
         Ok(())
     }
 }

@@ -15,6 +15,10 @@
 //!   and a lower VTL's private state), ModifyVtlProtectionMask (handed to a [`Protections`]
 //!   hook), and the cross-VTL synthetic cluster IPIs (a lower VTL may not target a higher one;
 //!   a higher VTL's IPI is delivered into the lower VTL's APIC group through [`Delivery`]);
+//! * [`Partition::handle_event_notify`] answers a `KVM_EXIT_EVENT_NOTIFY`
+//!   ([`crate::notify`]): an interrupt for a higher VTL than the running one enters that VTL
+//!   (entry reason Interrupt); the arming policy that makes the running sibling exit is applied
+//!   at every switch once the VMM called [`Partition::enable_event_notify`];
 //! * KVM is reached only through the [`VtlVcpu`], [`GuestMemory`], [`Delivery`],
 //!   [`Protections`] and [`SiblingFactory`] traits, so the logic runs without `/dev/kvm`.
 //!   [`VtlVcpu`] is implemented for kvm-ioctls' `VcpuFd` (and `Arc<Mutex<_>>` of one), and
@@ -119,6 +123,10 @@
 //! | cross-VTL IPI to a higher VTL | `HV_STATUS_ACCESS_DENIED`; to a VTL not enabled in the partition: `HV_STATUS_INVALID_PARAMETER`; VPs of the set that do not exist or lack the VTL are skipped |
 //! | VP set format other than SPARSE_4K/ALL | `HV_STATUS_INVALID_PARAMETER`; variable header size != banks in the mask: `HV_STATUS_INVALID_HYPERCALL_INPUT` |
 //! | ModifyVtlProtectionMask with [`NoProtections`] | `HV_STATUS_INVALID_HYPERCALL_CODE`, no rep done |
+//! | an interrupt for a higher VTL than the active one (with [`Partition::enable_event_notify`]) | the running sibling exits (`KVM_EXIT_EVENT_NOTIFY`); [`Partition::handle_event_notify`] enters the highest VTL with an event pending, entry reason Interrupt (2), shared registers carried as for a VtlCall; the interrupted VTL gets no completion and no result |
+//! | interrupts for a lower VTL than the active one | not armed: they wait in that VTL's LAPIC until it runs |
+//! | VtlReturn from a VTL entered by an interrupt (or a VtlCall) | back to the VTL it was entered from, which resumes where it stopped; RAX/RCX restored from the returning VTL's `HV_VP_VTL_CONTROL` unless fast, as after a VtlCall |
+//! | a notification that finds no higher VTL with an event (taken or withdrawn since) | [`NotifyOutcome::Resume`]: re-armed, same vCPU runs on |
 //!
 //! State that is not carried: the shared MSRs (MTRRs, VP_INDEX, ...) are set identically on all
 //! siblings by the VMM when it creates them; DR6 is private (VsmCapabilities.Dr6Shared = 0).
@@ -133,6 +141,7 @@ mod regs;
 mod switch;
 #[cfg(test)]
 mod tests;
+mod wake;
 
 use std::collections::BTreeMap;
 
@@ -142,6 +151,7 @@ pub use backend::{
 };
 pub use exit::{set_hcall_result, HcallExit};
 pub use hv::{Control, HvStatus, InitialVpContext, InputVtl};
+pub use wake::NotifyOutcome;
 
 /// Number of VTLs the TLFS architecture allows (0..=15).
 pub const NUM_VTLS: usize = 16;
@@ -204,6 +214,15 @@ pub enum VtlError {
         /// VP index.
         vp_index: u32,
         /// VTL.
+        vtl: u8,
+    },
+    /// Event notification needs the vcpu_id of a sibling that does not report one
+    /// ([`VtlVcpu::vcpu_id`]).
+    #[error("VP {vp_index}: the VTL {vtl} vCPU does not report its vcpu_id, needed to arm event notifications")]
+    NoVcpuId {
+        /// VP index.
+        vp_index: u32,
+        /// VTL of the sibling.
         vtl: u8,
     },
     /// The VMM passed an exit from a vCPU that is not the VP's active one.
@@ -289,10 +308,24 @@ pub struct Vp<V> {
     parked: u16,
     /// HvRegisterVsmVpSecureConfigVtlN as set by VTL `owner`: `[owner][n]`.
     secure_config: [[u64; NUM_VTLS]; NUM_VTLS],
+    /// Each sibling's vcpu_id ([`VtlVcpu::vcpu_id`]), read once when it was registered: the
+    /// active sibling's lock may be held by a running VMM thread, so it is never asked again.
+    ids: [Option<u32>; NUM_VTLS],
+    /// Siblings the partition armed (`KVM_SET_EVENT_NOTIFY`) and has not disarmed since; a
+    /// bit may outlive a notification that fired (one-shot), which disarming again tolerates.
+    armed: u16,
+    /// The VTL each VTL was entered from (VtlCall or interrupt), where its VtlReturn goes;
+    /// [`NO_VTL`] when it was not entered from a lower one.
+    entered_from: [u8; NUM_VTLS],
 }
 
-impl<V> Vp<V> {
+/// "No VTL" in [`Vp`]'s bookkeeping.
+const NO_VTL: u8 = 0xff;
+
+impl<V: VtlVcpu> Vp<V> {
     fn new(index: u32, apic_id: u32, vtl0: V) -> Self {
+        let mut ids = [None; NUM_VTLS];
+        ids[0] = vtl0.vcpu_id();
         let mut vcpus: Vec<Option<V>> = (0..NUM_VTLS).map(|_| None).collect();
         vcpus[0] = Some(vtl0);
         Self {
@@ -303,9 +336,21 @@ impl<V> Vp<V> {
             active: 0,
             parked: 0,
             secure_config: [[0; NUM_VTLS]; NUM_VTLS],
+            ids,
+            armed: 0,
+            entered_from: [NO_VTL; NUM_VTLS],
         }
     }
 
+    /// Put `vcpu` in VTL `vtl`'s slot, remembering its vcpu_id.
+    fn install(&mut self, vtl: u8, vcpu: V) {
+        let i = usize::from(vtl & 0xf);
+        self.ids[i] = vcpu.vcpu_id();
+        self.vcpus[i] = Some(vcpu);
+    }
+}
+
+impl<V> Vp<V> {
     /// VP index.
     pub fn index(&self) -> u32 {
         self.index
@@ -354,6 +399,18 @@ impl<V> Vp<V> {
     fn next_lower(&self, vtl: u8) -> Option<u8> {
         (0..vtl).rev().find(|&v| self.is_enabled(v))
     }
+    /// Where a VtlReturn from `vtl` goes: the VTL it was entered from (by VtlCall or an
+    /// interrupt), else the next lower enabled one.
+    fn return_target(&self, vtl: u8) -> Option<u8> {
+        match self.entered_from.get(usize::from(vtl)) {
+            Some(&from) if from < vtl && self.is_enabled(from) => Some(from),
+            _ => self.next_lower(vtl),
+        }
+    }
+    /// Bit n set: this VP's VTL n sibling is armed by the partition (it may have fired since).
+    pub fn armed_vtls(&self) -> u16 {
+        self.armed
+    }
 }
 
 /// The VTL state of one VM: which VTLs are enabled, the per-VTL VSM registers, and the VPs.
@@ -364,6 +421,8 @@ pub struct Partition<V> {
     mbec_enabled: u16,
     vsm_config: [u64; NUM_VTLS],
     vps: BTreeMap<u32, Vp<V>>,
+    /// [`Partition::enable_event_notify`] was called: higher VTLs are armed.
+    notify: bool,
 }
 
 impl<V: VtlVcpu> Partition<V> {
@@ -376,6 +435,7 @@ impl<V: VtlVcpu> Partition<V> {
             mbec_enabled: 0,
             vsm_config: [0; NUM_VTLS],
             vps: BTreeMap::new(),
+            notify: false,
         }
     }
 
@@ -404,11 +464,10 @@ impl<V: VtlVcpu> Partition<V> {
             .vps
             .get_mut(&vp_index)
             .ok_or(VtlError::UnknownVp(vp_index))?;
-        let slot = &mut vp.vcpus[usize::from(vtl)];
-        if slot.is_some() {
+        if vp.vcpus[usize::from(vtl)].is_some() {
             return Err(VtlError::DuplicateSibling { vp_index, vtl });
         }
-        *slot = Some(vcpu);
+        vp.install(vtl, vcpu);
         Ok(())
     }
 

@@ -39,6 +39,8 @@ impl<V: VtlVcpu> Partition<V> {
         write_entry_reason(dst, vp_index, target, env, assist::ENTRY_REASON_VTL_CALL)?;
         succeed_pending(vp, vp_index, vtl)?;
         park(vp, vtl, target);
+        vp.entered_from[usize::from(target)] = vtl;
+        super::wake::apply_policy(self.notify, self.vp_mut_ref(vp_index)?)?;
         Ok(Outcome::Switched {
             from: vtl,
             to: target,
@@ -57,7 +59,7 @@ impl<V: VtlVcpu> Partition<V> {
         let regs = vcpu_op("KVM_GET_REGS", vp_index, vtl, caller.get_regs())?;
         // TLFS: input (RAX) bit 0 = fast return, its other bits and every control bit but the
         // call code are reserved; the lowest enabled VTL cannot return; otherwise #UD.
-        let target = match vp.next_lower(vtl) {
+        let target = match vp.return_target(vtl) {
             Some(t) if control.0 == u64::from(hv::code::VTL_RETURN) && regs.rax & !1 == 0 => t,
             _ => return self.inject_ud(vp_index, vtl, &regs),
         };
@@ -79,6 +81,8 @@ impl<V: VtlVcpu> Partition<V> {
         vcpu_op("KVM_SET_REGS", vp_index, target, dst.set_regs(&next))?;
         succeed_pending(vp, vp_index, vtl)?;
         park(vp, vtl, target);
+        vp.entered_from[usize::from(vtl)] = super::NO_VTL;
+        super::wake::apply_policy(self.notify, self.vp_mut_ref(vp_index)?)?;
         Ok(Outcome::Switched {
             from: vtl,
             to: target,
@@ -129,7 +133,7 @@ impl<V: VtlVcpu> Partition<V> {
     }
 }
 
-fn sibling<V>(vp: &super::Vp<V>, vtl: u8) -> Result<&V, VtlError> {
+pub(super) fn sibling<V>(vp: &super::Vp<V>, vtl: u8) -> Result<&V, VtlError> {
     vp.vcpu(vtl).ok_or(VtlError::BadVtl(vtl))
 }
 
@@ -162,7 +166,7 @@ fn park<V>(vp: &mut super::Vp<V>, from: u8, to: u8) {
 /// Copy the shared state of VTL `from` (whose GPRs are `regs`) into VTL `to`'s vCPU, except
 /// the GPRs, which are returned (with `to`'s private RIP/RSP/RFLAGS) for the caller to adjust
 /// and set.
-fn carry_shared<V: VtlVcpu>(
+pub(super) fn carry_shared<V: VtlVcpu>(
     vp: &super::Vp<V>,
     vp_index: u32,
     from: u8,
@@ -238,7 +242,7 @@ fn assist_page<V: VtlVcpu>(vcpu: &V, vp_index: u32, vtl: u8) -> Result<Option<u6
 
 /// `HV_VP_VTL_CONTROL.EntryReason` in the entered VTL's VP assist page (nothing if it has
 /// none, or it is not RAM: the guest's own misconfiguration).
-fn write_entry_reason<V: VtlVcpu>(
+pub(super) fn write_entry_reason<V: VtlVcpu>(
     vcpu: &V,
     vp_index: u32,
     vtl: u8,

@@ -32,6 +32,15 @@ struct State {
     completions: u32,
     set_sregs_calls: u32,
     refuse_sregs: bool,
+    /// vcpu_id reported by `vcpu_id()`.
+    id: Option<u32>,
+    /// `KVM_SET_EVENT_NOTIFY` state: the target while armed.
+    armed: Option<u32>,
+    /// An event the vCPU would take is pending (`KVM_GET_EVENT_NOTIFY`).
+    event: bool,
+    /// `KVM_SET_EVENT_NOTIFY` calls, in order (target or None for a disarm).
+    notify_log: Vec<Option<u32>>,
+    refuse_notify: bool,
 }
 
 impl Default for State {
@@ -67,6 +76,11 @@ impl Default for State {
             completions: 0,
             set_sregs_calls: 0,
             refuse_sregs: false,
+            id: None,
+            armed: None,
+            event: false,
+            notify_log: Vec::new(),
+            refuse_notify: false,
         }
     }
 }
@@ -170,6 +184,22 @@ impl VtlVcpu for MockVcpu {
     fn set_pending_result(&mut self, result: u64) -> io::Result<()> {
         self.st().hcall_result = result;
         Ok(())
+    }
+    fn vcpu_id(&self) -> Option<u32> {
+        self.st().id
+    }
+    fn set_event_notify(&self, target: Option<u32>) -> io::Result<()> {
+        let mut s = self.st();
+        if s.refuse_notify {
+            return Err(einval());
+        }
+        s.notify_log.push(target);
+        // Like KVM: arming with an event pending fires at once (and disarms).
+        s.armed = if s.event { None } else { target };
+        Ok(())
+    }
+    fn event_pending(&self) -> io::Result<bool> {
+        Ok(self.st().event)
     }
 }
 
@@ -324,9 +354,11 @@ impl World {
         };
         for (vp, apic) in [(0u32, 0u32), (1, 2)] {
             let v0 = MockVcpu::default();
+            v0.st().id = Some(vp);
             w.p.add_vp(vp, apic, v0.clone()).unwrap();
             w.v.insert((vp, 0), v0);
             let v1 = MockVcpu::default();
+            v1.st().id = Some(0x10 + vp);
             w.p.add_sibling(vp, 1, v1.clone()).unwrap();
             w.v.insert((vp, 1), v1);
         }
@@ -2016,4 +2048,245 @@ fn random_hypercalls_never_panic_or_fail_the_vmm() {
     }
     // The walk reached every kind of answer, not just early rejections.
     assert!(seen.iter().all(|&n| n > 100), "{seen:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Interrupts for a VTL that is not running (event notification)
+
+/// VTL `vtl` of VP 0 is armed with this target now.
+fn armed(w: &World, vtl: u8) -> Option<u32> {
+    w.vcpu(0, vtl).st().armed
+}
+
+fn notify(w: &mut World, vp: u32) -> Result<NotifyOutcome, VtlError> {
+    let vtl = w.p.vp(vp).unwrap().active_vtl();
+    let mut none = NoProtections;
+    let mut env = Env {
+        memory: &w.ram,
+        delivery: &w.sent,
+        protections: &mut none,
+        siblings: &mut w.factory,
+    };
+    w.p.handle_event_notify(&mut env, vp, vtl)
+}
+
+/// VTL1 enabled on VP 0, event notification on, VTL1's assist page at ASSIST1.
+fn notify_world() -> World {
+    let mut w = World::new();
+    w.p.enable_event_notify().unwrap();
+    w.vtl1(false);
+    w.vcpu(0, 1)
+        .st()
+        .msrs
+        .insert(hv::msr::VP_ASSIST_PAGE, ASSIST1 | 1);
+    w
+}
+
+#[test]
+fn notify_policy_arms_higher_vtls_only() {
+    let mut w = World::new();
+    // Without enable_event_notify nothing is ever armed.
+    w.vtl1(false);
+    w.call(0, vtl_call()).unwrap();
+    w.call(0, vtl_return()).unwrap();
+    assert!(w.vcpu(0, 0).st().notify_log.is_empty());
+    assert!(w.vcpu(0, 1).st().notify_log.is_empty());
+
+    let mut w = World::new();
+    w.p.enable_event_notify().unwrap();
+    assert!(w.p.event_notify_enabled());
+    // Nothing above VTL0 yet.
+    assert!(w.vcpu(0, 1).st().notify_log.is_empty());
+    // EnableVpVtl arms the new VTL for the running VTL0 (vcpu_id 0).
+    w.vtl1(false);
+    assert_eq!(armed(&w, 1), Some(0));
+    assert_eq!(w.p.vp(0).unwrap().armed_vtls(), 0b10);
+    // VP 1 has no VTL1 enabled: not armed.
+    assert!(w.vcpu(1, 1).st().notify_log.is_empty());
+    // A VtlCall makes VTL1 active: disarmed (it must not stop itself); VTL0 never armed.
+    w.call(0, vtl_call()).unwrap();
+    assert_eq!(armed(&w, 1), None);
+    assert_eq!(w.vcpu(0, 1).st().notify_log, [Some(0), None]);
+    assert!(w.vcpu(0, 0).st().notify_log.is_empty());
+    // An interrupt for VTL0 while VTL1 runs waits: VTL0 stays unarmed.
+    w.vcpu(0, 0).st().event = true;
+    assert_eq!(notify(&mut w, 0).unwrap(), NotifyOutcome::Resume);
+    assert!(w.vcpu(0, 0).st().notify_log.is_empty());
+    assert_eq!(w.p.vp(0).unwrap().active_vtl(), 1);
+    // VtlReturn: VTL1 armed again for VTL0.
+    w.vcpu(0, 1).st().regs.rax = 1;
+    w.call(0, vtl_return()).unwrap();
+    assert_eq!(armed(&w, 1), Some(0));
+    assert!(w.vcpu(0, 0).st().notify_log.is_empty());
+}
+
+#[test]
+fn notify_enters_the_higher_vtl_with_reason_interrupt_and_returns_where_it_was() {
+    let mut w = notify_world();
+    let (v0, v1) = (w.vcpu(0, 0), w.vcpu(0, 1));
+    // VTL0 runs somewhere in its code (no hypercall: nothing pending), VTL1 parked in VTL1 code.
+    paint(&v0, 0x1000);
+    paint(&v1, 0x2000);
+    v0.st().pending = false;
+    v0.st().hcall_result = 0xdead;
+    v1.st().event = true;
+    assert_eq!(
+        notify(&mut w, 0).unwrap(),
+        NotifyOutcome::Interrupted { from: 0, to: 1 }
+    );
+    assert_eq!(w.p.vp(0).unwrap().active_vtl(), 1);
+    let (a, b) = (v0.st().clone(), v1.st().clone());
+    // Shared state carried as for a VtlCall, private kept.
+    assert_eq!(
+        (b.regs.rax, b.regs.rcx, b.regs.r15),
+        (a.regs.rax, a.regs.rcx, a.regs.r15)
+    );
+    assert_eq!(b.sregs.cr2, a.sregs.cr2);
+    assert_eq!(b.xsave[40], a.xsave[40]);
+    assert_eq!((b.regs.rip, b.regs.rsp), (0x2010, 0x2006));
+    // Entry reason: Interrupt.
+    assert_eq!(w.ram.get(ASSIST1 + 8, 4), 2u32.to_le_bytes());
+    // The interrupted VTL0 is left alone: no completion, no result written, RIP unchanged.
+    assert_eq!(
+        (a.regs.rip, a.completions, a.hcall_result),
+        (0x1010, 0, 0xdead)
+    );
+    // VTL1 active: disarmed; VTL0 not armed.
+    assert_eq!(b.armed, None);
+    assert!(a.notify_log.is_empty());
+
+    // VTL1 takes its interrupt, saves VTL0's RAX/RCX in its control area, returns (normal).
+    v1.st().event = false;
+    w.ram.put(ASSIST1 + 16, &a.regs.rax.to_le_bytes());
+    w.ram.put(ASSIST1 + 24, &a.regs.rcx.to_le_bytes());
+    {
+        let mut s = v1.st();
+        s.regs.rax = 0;
+        s.regs.rcx = u64::from(code::VTL_RETURN);
+    }
+    assert_eq!(
+        w.call(0, vtl_return()).unwrap(),
+        Outcome::Switched { from: 1, to: 0 }
+    );
+    let r = v0.st().clone();
+    // Resumed where it was, with its RAX/RCX restored and the other GPRs as VTL1 left them.
+    assert_eq!(
+        (r.regs.rip, r.regs.rax, r.regs.rcx, r.regs.r15),
+        (0x1010, a.regs.rax, a.regs.rcx, a.regs.r15)
+    );
+    assert_eq!(r.completions, 0);
+    // VTL1 re-armed for VTL0; its VtlReturn is pending until it runs again.
+    assert_eq!(armed(&w, 1), Some(0));
+    assert!(v1.st().pending);
+}
+
+#[test]
+fn notify_with_nothing_pending_rearms_and_resumes() {
+    let mut w = notify_world();
+    // Fired, then the event went away (e.g. the MSI was taken back by a LAPIC reset).
+    w.vcpu(0, 1).st().armed = None;
+    assert_eq!(notify(&mut w, 0).unwrap(), NotifyOutcome::Resume);
+    assert_eq!(w.p.vp(0).unwrap().active_vtl(), 0);
+    assert_eq!(armed(&w, 1), Some(0));
+    // rearm() applies the policy again on demand.
+    w.vcpu(0, 1).st().armed = None;
+    w.p.rearm(0).unwrap();
+    assert_eq!(armed(&w, 1), Some(0));
+}
+
+#[test]
+fn notify_highest_pending_vtl_wins_and_returns_to_the_interrupted_vtl() {
+    let mut w = World::with(PartitionConfig {
+        max_vtl: 2,
+        ..Default::default()
+    });
+    let v2 = MockVcpu::default();
+    v2.st().id = Some(0x20);
+    w.p.add_sibling(0, 2, v2.clone()).unwrap();
+    w.v.insert((0, 2), v2);
+    w.p.enable_event_notify().unwrap();
+    // VTL1 from VTL0, VTL2 from VTL1.
+    w.vtl1(false);
+    w.call(0, vtl_call()).unwrap();
+    assert_eq!(w.enable_partition(0, 2), HvStatus::SUCCESS);
+    assert_eq!(w.enable_vp(0, 0, 2, &ctx1()), HvStatus::SUCCESS);
+    // VTL1 runs: VTL2 armed for VTL1 (vcpu_id 0x10).
+    assert_eq!(armed(&w, 2), Some(0x10));
+    w.vcpu(0, 1).st().regs.rax = 1;
+    w.call(0, vtl_return()).unwrap();
+    assert_eq!((armed(&w, 1), armed(&w, 2)), (Some(0), Some(0)));
+    // Both higher VTLs have an interrupt: VTL2 wins, straight from VTL0.
+    w.vcpu(0, 1).st().event = true;
+    w.vcpu(0, 2).st().event = true;
+    assert_eq!(
+        notify(&mut w, 0).unwrap(),
+        NotifyOutcome::Interrupted { from: 0, to: 2 }
+    );
+    // VTL1 is below the active VTL2 now: disarmed, its interrupt waits.
+    assert_eq!(armed(&w, 1), None);
+    assert_eq!(w.vcpu(0, 1).st().notify_log.last(), Some(&None));
+    // VTL2's VtlReturn goes back to VTL0, which it interrupted, not to VTL1.
+    w.vcpu(0, 2).st().event = false;
+    w.vcpu(0, 2).st().regs.rax = 1;
+    assert_eq!(
+        w.call(0, vtl_return()).unwrap(),
+        Outcome::Switched { from: 2, to: 0 }
+    );
+    // Back in VTL0, VTL1's pending interrupt fires at once (the arming sees it).
+    let log = w.vcpu(0, 1).st().notify_log.clone();
+    assert_eq!(log.last(), Some(&Some(0)));
+    assert_eq!(
+        notify(&mut w, 0).unwrap(),
+        NotifyOutcome::Interrupted { from: 0, to: 1 }
+    );
+    // VTL2 is armed for VTL1 now.
+    assert_eq!(armed(&w, 2), Some(0x10));
+}
+
+#[test]
+fn notify_errors_are_typed() {
+    // A sibling without a vcpu_id cannot be a target.
+    let mut w = World::new();
+    let mut p = Partition::new(PartitionConfig::default());
+    let anon = MockVcpu::default();
+    p.add_vp(0, 0, anon).unwrap();
+    let v1 = MockVcpu::default();
+    p.add_sibling(0, 1, v1).unwrap();
+    w.p = p;
+    w.v.insert((0, 0), MockVcpu::default());
+    w.p.enable_event_notify().unwrap();
+    assert_eq!(w.enable_partition(0, 1), HvStatus::SUCCESS);
+    w.ram.put(IN, &vp_vtl_input(u64::MAX, 0, 1, &ctx1()));
+    assert!(matches!(
+        w.call(0, slow(code::ENABLE_VP_VTL)),
+        Err(VtlError::NoVcpuId {
+            vp_index: 0,
+            vtl: 0
+        })
+    ));
+
+    // An ioctl failure names the operation.
+    let mut w = notify_world();
+    w.vcpu(0, 1).st().refuse_notify = true;
+    match w.call(0, vtl_call()) {
+        Err(VtlError::Vcpu { op, vtl: 1, .. }) => assert!(op.starts_with("KVM_SET_EVENT_NOTIFY")),
+        other => panic!("expected a KVM_SET_EVENT_NOTIFY error, got {other:?}"),
+    }
+    // The exit of a vCPU that is not active is the VMM's mistake.
+    let mut w = notify_world();
+    let mut none = NoProtections;
+    let mut env = Env {
+        memory: &w.ram,
+        delivery: &w.sent,
+        protections: &mut none,
+        siblings: &mut w.factory,
+    };
+    assert!(matches!(
+        w.p.handle_event_notify(&mut env, 0, 1),
+        Err(VtlError::NotActive { .. })
+    ));
+    assert!(matches!(
+        w.p.handle_event_notify(&mut env, 9, 0),
+        Err(VtlError::UnknownVp(9))
+    ));
 }
