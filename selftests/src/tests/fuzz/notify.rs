@@ -1397,6 +1397,9 @@ impl Fuzzer {
                     crate::vm::Step::Hyperv => {
                         bail!("VM {serial} pair sibling index {i}: unexpected KVM_EXIT_HYPERV")
                     }
+                    crate::vm::Step::EventNotify(by) => {
+                        bail!("VM {serial} pair sibling index {i}: unexpected KVM_EXIT_EVENT_NOTIFY from vCPU {by} before the pair was armed")
+                    }
                 }
             };
             let v = &mut fvm.vcpus[i];
