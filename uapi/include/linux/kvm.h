@@ -442,10 +442,15 @@ struct kvm_run {
 		} notify;
 		/* KVM_EXIT_MEMORY_FAULT */
 		struct {
+#define KVM_MEMORY_EXIT_FLAG_READ	(1ULL << 0)
+#define KVM_MEMORY_EXIT_FLAG_WRITE	(1ULL << 1)
+#define KVM_MEMORY_EXIT_FLAG_EXEC	(1ULL << 2)
 #define KVM_MEMORY_EXIT_FLAG_PRIVATE	(1ULL << 3)
+#define KVM_MEMORY_EXIT_FLAG_GVA_VALID	(1ULL << 4)
 			__u64 flags;
 			__u64 gpa;
 			__u64 size;
+			__u64 gva;	/* with KVM_MEMORY_EXIT_FLAG_GVA_VALID */
 		} memory_fault;
 		/* KVM_EXIT_EVENT_NOTIFY */
 		struct {
@@ -942,6 +947,7 @@ struct kvm_enable_cap {
 #define KVM_CAP_APIC_GROUPS 239
 #define KVM_CAP_HYPERV_VSM 240
 #define KVM_CAP_VCPU_EVENT_NOTIFY 241
+#define KVM_CAP_VTL_PROTECTIONS 242
 
 struct kvm_irq_routing_irqchip {
 	__u32 irqchip;
@@ -1606,5 +1612,23 @@ struct kvm_event_notify {
 
 #define KVM_SET_EVENT_NOTIFY	_IOW(KVMIO,  0xd8, struct kvm_event_notify)
 #define KVM_GET_EVENT_NOTIFY	_IOR(KVMIO,  0xd9, struct kvm_event_notify)
+
+/* Available with KVM_CAP_VTL_PROTECTIONS */
+#define KVM_VTL_PROT_READ	(1U << 0)
+#define KVM_VTL_PROT_WRITE	(1U << 1)
+#define KVM_VTL_PROT_EXEC	(1U << 2)
+
+struct kvm_vtl_protection {
+	__u64 gpa;		/* page aligned */
+	__u64 size;		/* page aligned; KVM_GET_VTL_PROTECTION: out */
+	__u8  vtl;		/* VTL label, see KVM_SET_APIC_GROUP */
+	__u8  access;		/* KVM_VTL_PROT_*; KVM_GET_VTL_PROTECTION: out */
+	__u8  pad[2];		/* must be zero */
+	__u32 flags;		/* must be zero */
+	__u64 reserved[2];	/* must be zero */
+};
+
+#define KVM_SET_VTL_PROTECTION	_IOW(KVMIO,  0xda, struct kvm_vtl_protection)
+#define KVM_GET_VTL_PROTECTION	_IOWR(KVMIO, 0xdb, struct kvm_vtl_protection)
 
 #endif /* __LINUX_KVM_H */
