@@ -41,6 +41,8 @@ fn main() {
         .allowlist_var("KVM_CAP_VCPU_EVENT_NOTIFY")
         .allowlist_var("KVM_EVENT_NOTIFY_.*")
         .allowlist_var("KVM_EXIT_EVENT_NOTIFY")
+        // KVM_CAP_VTL_PROTECTIONS (the wrappers are in protections.rs).
+        .allowlist_var("KVM_CAP_VTL_PROTECTIONS")
         .prepend_enum_name(false)
         .derive_default(true)
         .derive_eq(true)
