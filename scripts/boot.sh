@@ -67,7 +67,7 @@ fi
 qemu_version() {
 	"$qemu" --version 2>/dev/null | sed -n '1s/^QEMU emulator version \([0-9][0-9.]*\).*/\1/p'
 }
-qver=$(qemu_version)
+qver=$(qemu_version || true)
 [ -n "$qver" ] || die "booting: $qemu --version failed: $("$qemu" --version 2>&1 | head -n 3)"
 mkdir -p "$VTLKIT_RUN_DIR"
 
