@@ -146,8 +146,8 @@ mod wake;
 use std::collections::BTreeMap;
 
 pub use backend::{
-    fixed_msi, Delivery, Env, GuestMemory, MemoryError, MsiDelivery, NoProtections, NoSiblings,
-    ProtectionRequest, Protections, RepStatus, SiblingFactory, VtlVcpu,
+    completion_blocker, fixed_msi, AsVcpuFd, Delivery, Env, GuestMemory, MemoryError, MsiDelivery,
+    NoProtections, NoSiblings, ProtectionRequest, Protections, RepStatus, SiblingFactory, VtlVcpu,
 };
 pub use exit::{set_hcall_result, HcallExit};
 pub use hv::{Control, HvStatus, InitialVpContext, InputVtl};
@@ -455,7 +455,10 @@ impl<V: VtlVcpu> Partition<V> {
     }
 
     /// Register VP `vp_index`'s sibling for VTL `vtl` (1..=max) before the guest enables that
-    /// VTL: it stays idle until `HvCallEnableVpVtl` gives it its initial context.
+    /// VTL: it stays idle until `HvCallEnableVpVtl` gives it its initial context and makes it
+    /// runnable ([`VtlVcpu::make_runnable`]). The VMM need not set its MP state: with an
+    /// in-kernel LAPIC it starts in `KVM_MP_STATE_UNINITIALIZED` (its vcpu_id is not the
+    /// BSP's), where a `KVM_RUN` would wait for an INIT/SIPI that never comes.
     pub fn add_sibling(&mut self, vp_index: u32, vtl: u8, vcpu: V) -> Result<(), VtlError> {
         if vtl == 0 || vtl > self.config.max_vtl {
             return Err(VtlError::BadVtl(vtl));

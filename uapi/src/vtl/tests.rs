@@ -41,6 +41,9 @@ struct State {
     /// `KVM_SET_EVENT_NOTIFY` calls, in order (target or None for a disarm).
     notify_log: Vec<Option<u32>>,
     refuse_notify: bool,
+    /// `KVM_GET_MP_STATE`: RUNNABLE for the mocks made by default (a BSP, or a vCPU the VMM
+    /// started); siblings start UNINITIALIZED as KVM creates them (not the BSP, in-kernel LAPIC).
+    mp_state: u32,
 }
 
 impl Default for State {
@@ -81,6 +84,7 @@ impl Default for State {
             event: false,
             notify_log: Vec::new(),
             refuse_notify: false,
+            mp_state: kvm_bindings::KVM_MP_STATE_RUNNABLE,
         }
     }
 }
@@ -90,6 +94,12 @@ impl Default for State {
 struct MockVcpu(Rc<RefCell<State>>);
 
 impl MockVcpu {
+    /// A sibling as KVM creates it: `KVM_MP_STATE_UNINITIALIZED`.
+    fn sibling() -> Self {
+        let v = Self::default();
+        v.st().mp_state = kvm_bindings::KVM_MP_STATE_UNINITIALIZED;
+        v
+    }
     fn st(&self) -> std::cell::RefMut<'_, State> {
         self.0.borrow_mut()
     }
@@ -167,19 +177,31 @@ impl VtlVcpu for MockVcpu {
         self.st().events = *events;
         Ok(())
     }
-    fn complete_pending(&mut self) -> io::Result<()> {
-        let mut s = self.st();
-        if s.pending {
-            // vmcall/vmmcall are 3 bytes; for 0x11/0x12 KVM writes RAX only when the result is
-            // a failure status (series v3, api.rst); these mocks only park in 0x11/0x12.
-            s.regs.rip += 3;
-            if s.hcall_result & 0xffff != 0 {
-                s.regs.rax = s.hcall_result;
-            }
-            s.pending = false;
-            s.completions += 1;
-        }
+    fn get_mp_state(&self) -> io::Result<u32> {
+        Ok(self.st().mp_state)
+    }
+    fn set_mp_state(&self, mp_state: u32) -> io::Result<()> {
+        self.st().mp_state = mp_state;
         Ok(())
+    }
+    fn complete_pending(&mut self) -> io::Result<()> {
+        let mp_state = self.st().mp_state;
+        // The VcpuFd implementation's logic, with KVM_RUN(immediate_exit) mocked: an
+        // UNINITIALIZED vCPU would get EINTR without its completion.
+        super::backend::complete_with(mp_state, || {
+            let mut s = self.st();
+            if s.pending {
+                // vmcall/vmmcall are 3 bytes; for 0x11/0x12 KVM writes RAX only when the result
+                // is a failure status (series v3, api.rst); these mocks only park in 0x11/0x12.
+                s.regs.rip += 3;
+                if s.hcall_result & 0xffff != 0 {
+                    s.regs.rax = s.hcall_result;
+                }
+                s.pending = false;
+                s.completions += 1;
+            }
+            Err(io::Error::from_raw_os_error(libc::EINTR))
+        })
     }
     fn set_pending_result(&mut self, result: u64) -> io::Result<()> {
         self.st().hcall_result = result;
@@ -300,6 +322,8 @@ impl Protections for Prot {
 #[derive(Default)]
 struct Factory {
     made: Vec<(u32, u32, u8, u32)>,
+    /// The test's handles on the vCPUs made.
+    created: Vec<MockVcpu>,
     refuse: bool,
 }
 
@@ -315,7 +339,9 @@ impl SiblingFactory<MockVcpu> for Factory {
             return Ok(None);
         }
         self.made.push((vp_index, apic_id, vtl, group));
-        Ok(Some(MockVcpu::default()))
+        let v = MockVcpu::sibling();
+        self.created.push(v.clone());
+        Ok(Some(v))
     }
 }
 
@@ -357,7 +383,7 @@ impl World {
             v0.st().id = Some(vp);
             w.p.add_vp(vp, apic, v0.clone()).unwrap();
             w.v.insert((vp, 0), v0);
-            let v1 = MockVcpu::default();
+            let v1 = MockVcpu::sibling();
             v1.st().id = Some(0x10 + vp);
             w.p.add_sibling(vp, 1, v1.clone()).unwrap();
             w.v.insert((vp, 1), v1);
@@ -373,6 +399,14 @@ impl World {
     fn call(&mut self, vp: u32, exit: HcallExit) -> Result<Outcome, VtlError> {
         let vtl = self.p.vp(vp).unwrap().active_vtl();
         if let Some(v) = self.v.get(&(vp, vtl)) {
+            // KVM_RUN of a vCPU that is not runnable waits for INIT/SIPI: it never gets to make
+            // a hypercall (a VMM following the run loop would hang here).
+            let mp = v.st().mp_state;
+            assert_eq!(
+                mp,
+                kvm_bindings::KVM_MP_STATE_RUNNABLE,
+                "VP {vp} VTL {vtl} is active but in MP state {mp}: its KVM_RUN would block"
+            );
             v.exited();
         }
         let mut none = NoProtections;
@@ -732,6 +766,91 @@ fn enable_vp_vtl_creates_missing_siblings() {
     assert_eq!(w.factory.made, vec![(5, 10, 1, 1)]);
     let vp = w.p.vp(5).unwrap();
     assert_eq!(vp.vcpu(1).unwrap().st().regs.rip, 0x7000);
+}
+
+#[test]
+fn enable_vp_vtl_makes_the_sibling_runnable() {
+    use kvm_bindings::{KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED};
+    let mut w = World::new();
+    let v1 = w.vcpu(0, 1);
+    assert_eq!(v1.st().mp_state, KVM_MP_STATE_UNINITIALIZED);
+    assert_eq!(w.enable_partition(0, 1), HvStatus::SUCCESS);
+    // A context KVM refuses leaves the sibling as it was: disabled, not runnable.
+    v1.st().refuse_sregs = true;
+    assert_eq!(w.enable_vp(0, 0, 1, &ctx1()), HvStatus::INVALID_PARAMETER);
+    assert_eq!(v1.st().mp_state, KVM_MP_STATE_UNINITIALIZED);
+    v1.st().refuse_sregs = false;
+    // A registered sibling: runnable with its initial context, so its first KVM_RUN (the
+    // VtlCall below) runs it rather than waiting for INIT/SIPI.
+    assert_eq!(w.enable_vp(0, 0, 1, &ctx1()), HvStatus::SUCCESS);
+    assert_eq!(v1.st().mp_state, KVM_MP_STATE_RUNNABLE);
+    assert_eq!(
+        w.call(0, vtl_call()).unwrap(),
+        Outcome::Switched { from: 0, to: 1 }
+    );
+    // A sibling the factory creates on demand likewise (VTL1 enables it: it runs already).
+    w.p.add_vp(5, 10, MockVcpu::default()).unwrap();
+    assert_eq!(w.enable_vp(0, 5, 1, &ctx1()), HvStatus::SUCCESS);
+    let made = w.factory.created[0].clone();
+    assert_eq!(made.st().mp_state, KVM_MP_STATE_RUNNABLE);
+    assert_eq!(made.st().regs.rip, 0x7000);
+}
+
+#[test]
+fn complete_pending_refuses_a_vcpu_kvm_would_not_complete() {
+    use kvm_bindings::{
+        KVM_MP_STATE_HALTED, KVM_MP_STATE_INIT_RECEIVED, KVM_MP_STATE_RUNNABLE,
+        KVM_MP_STATE_UNINITIALIZED,
+    };
+    let eintr = || Err(io::Error::from_raw_os_error(libc::EINTR));
+    // KVM_RUN(immediate_exit) says EINTR both after running the completion and, for an
+    // UNINITIALIZED vCPU, before it: only the MP state tells them apart.
+    for mp in [KVM_MP_STATE_UNINITIALIZED, KVM_MP_STATE_INIT_RECEIVED] {
+        let mut ran = false;
+        let r = super::backend::complete_with(mp, || {
+            ran = true;
+            eintr()
+        });
+        let e = r.expect_err("no completion ran");
+        assert!(!ran, "KVM_RUN was not even tried");
+        assert!(e.to_string().contains("KVM_SET_MP_STATE"), "{e}");
+        assert!(completion_blocker(mp).is_some());
+    }
+    for mp in [KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_HALTED] {
+        super::backend::complete_with(mp, eintr).unwrap();
+        super::backend::complete_with(mp, || Ok(())).unwrap();
+        let e = super::backend::complete_with(mp, || Err(einval())).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
+    }
+}
+
+#[test_log::test]
+fn a_parked_vtl_reset_by_init_is_a_vmm_error_not_a_completion() {
+    // VTL1 sets the RIP of the parked VTL0, whose pending VtlCall completion must run first;
+    // an INIT reset VTL0 meanwhile: nothing can complete, and the state machine says so
+    // instead of writing RIP under a completion that never ran.
+    let mut w = World::new();
+    w.vtl1(false);
+    let v0 = w.vcpu(0, 0);
+    w.call(0, vtl_call()).unwrap();
+    v0.st().mp_state = kvm_bindings::KVM_MP_STATE_INIT_RECEIVED;
+    w.ram.put(IN, &set_input(0, VTL0, &[(reg::RIP, 0x3000)]));
+    let r = w.call(0, slow_rep(code::SET_VP_REGISTERS, 1, 0));
+    assert!(
+        matches!(
+            r,
+            Err(VtlError::Vcpu {
+                op: "KVM_RUN(immediate_exit)",
+                vp_index: 0,
+                vtl: 0,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    let s = v0.st();
+    assert_eq!((s.pending, s.completions), (true, 0));
+    assert_ne!(s.regs.rip, 0x3000);
 }
 
 #[test]
