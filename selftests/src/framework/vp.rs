@@ -576,6 +576,12 @@ pub fn enable_partition_vtl(vtl: u8) -> Hypercall {
 // ---------------------------------------------------------------------------------------------
 // Running.
 
+/// The cross-VTL IPI path: the test VM does not enable `KVM_CAP_X2APIC_API` (APIC IDs are VP
+/// indexes, below [`MAX_VPS`]), so the MSIs carry xAPIC destination IDs.
+fn delivery(vmfd: &VmFd) -> MsiDelivery<'_> {
+    MsiDelivery::new(vmfd, false)
+}
+
 /// What the VP runner did with one hypercall exit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VpEvent {
@@ -696,7 +702,7 @@ fn vp_loop(
             RunStep::EventNotify(notifier) => {
                 let ev = {
                     let mut p = lock(&sh.partition);
-                    let delivery = MsiDelivery(vmfd);
+                    let delivery = delivery(vmfd);
                     let (mut protections, mut siblings) = (NoProtections, NoSiblings);
                     let mut env = Env {
                         memory: &**mem,
@@ -736,7 +742,7 @@ fn answer(
     let code = exit.control.code();
     let outcome = {
         let mut p = lock(&sh.partition);
-        let delivery = MsiDelivery(vmfd);
+        let delivery = delivery(vmfd);
         let (mut protections, mut siblings) = (NoProtections, NoSiblings);
         let mut env = Env {
             memory: &**mem,

@@ -395,16 +395,57 @@ pub trait GuestMemory {
 pub trait Delivery {
     /// Deliver fixed interrupt `vector` (edge) to the vCPU with guest-visible APIC ID `apic_id`
     /// in APIC group `group`.
+    ///
+    /// [`io::ErrorKind::InvalidInput`] means this destination cannot be addressed (e.g.
+    /// [`ApicIdOutOfRange`]): not a host failure, the guest's IPI gets
+    /// `HV_STATUS_INVALID_PARAMETER`. Any other error is a host failure
+    /// ([`super::VtlError::Delivery`]).
     fn deliver_fixed(&self, group: u32, apic_id: u32, vector: u8) -> io::Result<()>;
 }
 
-/// [`Delivery`] through `KVM_SIGNAL_MSI` with the series' `KVM_MSI_VALID_APIC_GROUP`
-/// ([`crate::msi_to_group`]): physical destination mode, fixed, edge. APIC IDs above 255 go in
-/// `address_hi` bits 31:8, which KVM reads when the VMM enabled `KVM_CAP_X2APIC_API`.
-#[derive(Debug, Clone, Copy)]
-pub struct MsiDelivery<'a>(pub &'a VmFd);
+/// [`MsiDelivery`] refused an APIC ID above 255 on a VM without 32-bit x2APIC IDs in MSIs: KVM
+/// would ignore `address_hi` and deliver to `apic_id & 0xff`, another VP. Carried in an
+/// [`io::ErrorKind::InvalidInput`] error ([`io::Error::get_ref`] and `downcast_ref` get it
+/// back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "APIC ID {apic_id} does not fit an xAPIC MSI; KVM would deliver it to APIC ID {} \
+     (enable KVM_CAP_X2APIC_API with KVM_X2APIC_API_USE_32BIT_IDS)",
+    apic_id & 0xff
+)]
+pub struct ApicIdOutOfRange {
+    /// The APIC ID asked for.
+    pub apic_id: u32,
+}
 
-/// The `KVM_SIGNAL_MSI` payload [`MsiDelivery`] sends (exposed for VMMs and tests).
+/// [`Delivery`] through `KVM_SIGNAL_MSI` with the series' `KVM_MSI_VALID_APIC_GROUP`
+/// ([`crate::msi_to_group`]): physical destination mode, fixed, edge ([`fixed_msi`]).
+///
+/// * APIC IDs above 255 go in `address_hi` bits 31:8, which KVM reads only when the VMM enabled
+///   `KVM_CAP_X2APIC_API` with `KVM_X2APIC_API_USE_32BIT_IDS`; tell [`MsiDelivery::new`]
+///   whether it did. Without it, such an ID is refused with [`ApicIdOutOfRange`] (the guest's
+///   IPI gets `HV_STATUS_INVALID_PARAMETER`) instead of reaching another VP.
+/// * `KVM_SIGNAL_MSI` naming a group returns how many vCPUs took the interrupt. 0 means no
+///   vCPU of the group has the APIC ID: the state machine only delivers to VPs whose target
+///   VTL is enabled, so this is the VMM's misconfiguration (a sibling in another group or with
+///   another APIC ID), not the guest's. It is logged (`log::warn!`) and not an error: the
+///   guest's IPI still succeeds, as an IPI to an absent APIC does on hardware.
+#[derive(Debug, Clone, Copy)]
+pub struct MsiDelivery<'a> {
+    vm: &'a VmFd,
+    x2apic_ids: bool,
+}
+
+impl<'a> MsiDelivery<'a> {
+    /// Delivery on `vm`; `x2apic_ids`: the VMM enabled `KVM_CAP_X2APIC_API` with
+    /// `KVM_X2APIC_API_USE_32BIT_IDS` on it, so APIC IDs above 255 can be addressed.
+    pub fn new(vm: &'a VmFd, x2apic_ids: bool) -> Self {
+        Self { vm, x2apic_ids }
+    }
+}
+
+/// The `KVM_SIGNAL_MSI` payload [`MsiDelivery`] sends (exposed for VMMs and tests). The APIC
+/// ID's bits 31:8 go in `address_hi`, which only a VM with 32-bit x2APIC IDs reads.
 pub fn fixed_msi(group: u32, apic_id: u32, vector: u8) -> kvm_msi {
     let msi = kvm_msi {
         address_lo: 0xFEE0_0000 | ((apic_id & 0xff) << 12),
@@ -415,12 +456,36 @@ pub fn fixed_msi(group: u32, apic_id: u32, vector: u8) -> kvm_msi {
     crate::msi_to_group(msi, group)
 }
 
+/// [`MsiDelivery::deliver_fixed`] with `KVM_SIGNAL_MSI` as `signal` (its return value: the
+/// number of vCPUs that took the MSI).
+pub(super) fn deliver_msi(
+    x2apic_ids: bool,
+    group: u32,
+    apic_id: u32,
+    vector: u8,
+    signal: impl FnOnce(kvm_msi) -> io::Result<i32>,
+) -> io::Result<()> {
+    if apic_id > 0xff && !x2apic_ids {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            ApicIdOutOfRange { apic_id },
+        ));
+    }
+    let taken = signal(fixed_msi(group, apic_id, vector))?;
+    if taken == 0 {
+        log::warn!(
+            "KVM_SIGNAL_MSI of vector {vector:#x} to APIC ID {apic_id} in group {group}: no vCPU \
+             took it (no vCPU with that APIC ID in the group?)"
+        );
+    }
+    Ok(())
+}
+
 impl Delivery for MsiDelivery<'_> {
     fn deliver_fixed(&self, group: u32, apic_id: u32, vector: u8) -> io::Result<()> {
-        self.0
-            .signal_msi(fixed_msi(group, apic_id, vector))
-            .map(|_| ())
-            .map_err(errno)
+        deliver_msi(self.x2apic_ids, group, apic_id, vector, |msi| {
+            self.vm.signal_msi(msi).map_err(errno)
+        })
     }
 }
 

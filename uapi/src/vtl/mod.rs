@@ -22,7 +22,8 @@
 //! * KVM is reached only through the [`VtlVcpu`], [`GuestMemory`], [`Delivery`],
 //!   [`Protections`] and [`SiblingFactory`] traits, so the logic runs without `/dev/kvm`.
 //!   [`VtlVcpu`] is implemented for kvm-ioctls' `VcpuFd` (and `Arc<Mutex<_>>` of one), and
-//!   [`MsiDelivery`] delivers with `KVM_SIGNAL_MSI` naming the group.
+//!   [`MsiDelivery`] delivers with `KVM_SIGNAL_MSI` naming the group (told whether the VM has
+//!   32-bit x2APIC IDs in MSIs).
 //!
 //! Guest mistakes never become errors or panics: a malformed hypercall gets its TLFS status
 //! (or, for a VtlCall/VtlReturn the TLFS says faults, a #UD). [`VtlError`] is only for the VMM's
@@ -55,7 +56,8 @@
 //! partition.add_sibling(0, 1, vm.create_vcpu(1)?)?;
 //!
 //! let ram = Ram;
-//! let delivery = MsiDelivery(&vm);
+//! // No KVM_CAP_X2APIC_API here: APIC IDs above 255 cannot be addressed, and are refused.
+//! let delivery = MsiDelivery::new(&vm, false);
 //! let (mut protections, mut siblings) = (NoProtections, NoSiblings);
 //! loop {
 //!     let vp = partition.vp_mut(0).expect("VP 0 exists");
@@ -121,6 +123,8 @@
 //! | unknown register name | `HV_STATUS_INVALID_PARAMETER`; writing a read-only one: `HV_STATUS_ACCESS_DENIED` |
 //! | VsmPartitionConfig intercept bits, clearing EnableVtlProtection, VsmVpSecureConfig bits other than MbecEnabled (with MBEC) and TlbLocked | `HV_STATUS_INVALID_REGISTER_VALUE` |
 //! | cross-VTL IPI to a higher VTL | `HV_STATUS_ACCESS_DENIED`; to a VTL not enabled in the partition: `HV_STATUS_INVALID_PARAMETER`; VPs of the set that do not exist or lack the VTL are skipped |
+//! | a VP of an IPI's set that [`Delivery`] cannot address ([`io::ErrorKind::InvalidInput`](std::io::ErrorKind::InvalidInput), e.g. APIC ID > 255 without x2APIC MSIs: [`ApicIdOutOfRange`]) | the other VPs still get it; the call answers `HV_STATUS_INVALID_PARAMETER` |
+//! | `KVM_SIGNAL_MSI` reports that no vCPU took the IPI ([`MsiDelivery`]) | `log::warn!` (the VMM's misconfiguration); the guest's call succeeds |
 //! | VP set format other than SPARSE_4K/ALL | `HV_STATUS_INVALID_PARAMETER`; variable header size != banks in the mask: `HV_STATUS_INVALID_HYPERCALL_INPUT` |
 //! | ModifyVtlProtectionMask with [`NoProtections`] | `HV_STATUS_INVALID_HYPERCALL_CODE`, no rep done |
 //! | an interrupt for a higher VTL than the active one (with [`Partition::enable_event_notify`]) | the running sibling exits (`KVM_EXIT_EVENT_NOTIFY`); [`Partition::handle_event_notify`] enters the highest VTL with an event pending, entry reason Interrupt (2), shared registers carried as for a VtlCall; the interrupted VTL gets no completion and no result |
@@ -146,8 +150,9 @@ mod wake;
 use std::collections::BTreeMap;
 
 pub use backend::{
-    completion_blocker, fixed_msi, AsVcpuFd, Delivery, Env, GuestMemory, MemoryError, MsiDelivery,
-    NoProtections, NoSiblings, ProtectionRequest, Protections, RepStatus, SiblingFactory, VtlVcpu,
+    completion_blocker, fixed_msi, ApicIdOutOfRange, AsVcpuFd, Delivery, Env, GuestMemory,
+    MemoryError, MsiDelivery, NoProtections, NoSiblings, ProtectionRequest, Protections, RepStatus,
+    SiblingFactory, VtlVcpu,
 };
 pub use exit::{set_hcall_result, HcallExit};
 pub use hv::{Control, HvStatus, InitialVpContext, InputVtl};

@@ -274,13 +274,18 @@ impl GuestMemory for Ram {
     }
 }
 
+/// Delivery as [`MsiDelivery`] does it, with `KVM_SIGNAL_MSI` recording (group, APIC ID,
+/// vector). `.1`: the VM has no 32-bit x2APIC IDs in MSIs.
 #[derive(Default)]
-struct Sent(RefCell<Vec<(u32, u32, u8)>>);
+struct Sent(RefCell<Vec<(u32, u32, u8)>>, std::cell::Cell<bool>);
 
 impl Delivery for Sent {
     fn deliver_fixed(&self, group: u32, apic_id: u32, vector: u8) -> io::Result<()> {
-        self.0.borrow_mut().push((group, apic_id, vector));
-        Ok(())
+        super::backend::deliver_msi(!self.1.get(), group, apic_id, vector, |msi| {
+            assert_eq!(msi, fixed_msi(group, apic_id, vector));
+            self.0.borrow_mut().push((group, apic_id, vector));
+            Ok(1)
+        })
     }
 }
 
@@ -1676,6 +1681,61 @@ fn ipi_to_a_lower_vtl_goes_into_its_group() {
         HvStatus::SUCCESS
     );
     assert_eq!(*w.sent.0.borrow(), vec![(1, 0, 0x32), (1, 2, 0x32)]);
+}
+
+#[test_log::test]
+fn ipi_to_an_apic_id_the_msi_cannot_carry_is_refused_not_misdelivered() {
+    let mut w = World::new();
+    // VP 5 has APIC ID 0x104: without 32-bit x2APIC IDs, KVM would deliver to APIC ID 4.
+    w.p.add_vp(5, 0x104, MockVcpu::default()).unwrap();
+    w.vtl1(false);
+    w.call(0, vtl_call()).unwrap();
+    w.sent.1.set(true);
+    w.ram
+        .put(IN, &ipi_ex_input(0x40, VTL0, hv::GENERIC_SET_ALL, 0, &[]));
+    // The others still get it; the guest learns that one VP was not reachable.
+    assert_eq!(w.st(0, ipi_ex(0)), HvStatus::INVALID_PARAMETER);
+    assert_eq!(*w.sent.0.borrow(), vec![(0, 0, 0x40), (0, 2, 0x40)]);
+    w.sent.0.borrow_mut().clear();
+    // With x2APIC IDs, address_hi carries it.
+    w.sent.1.set(false);
+    assert_eq!(w.st(0, ipi_ex(0)), HvStatus::SUCCESS);
+    assert_eq!(
+        *w.sent.0.borrow(),
+        vec![(0, 0, 0x40), (0, 2, 0x40), (0, 0x104, 0x40)]
+    );
+}
+
+#[test_log::test]
+fn msi_delivery_checks_the_apic_id_and_tolerates_no_taker() {
+    use super::backend::deliver_msi;
+    // Above 255 without x2APIC IDs: refused before KVM_SIGNAL_MSI, with a typed error.
+    let e = deliver_msi(false, 1, 0x123, 0x30, |_| panic!("must not be sent")).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+    let typed = e
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<ApicIdOutOfRange>());
+    assert_eq!(typed, Some(&ApicIdOutOfRange { apic_id: 0x123 }));
+    assert!(e.to_string().contains("APIC ID 35"), "{e}");
+    // 255 fits the xAPIC format; with x2APIC IDs anything goes (address_hi carries 31:8).
+    for (x2, id) in [(false, 0xff), (true, 0x123), (true, 0xff_ffff)] {
+        let mut seen = None;
+        deliver_msi(x2, 1, id, 0x30, |m| {
+            seen = Some(m);
+            Ok(1)
+        })
+        .unwrap();
+        let m = seen.unwrap();
+        assert_eq!(m.address_lo, 0xFEE0_0000 | ((id & 0xff) << 12));
+        assert_eq!(m.address_hi, id & !0xff);
+    }
+    // Nobody took it (0): logged, not an error; a host failure stays one.
+    deliver_msi(false, 1, 3, 0x30, |_| Ok(0)).unwrap();
+    let e = deliver_msi(false, 1, 3, 0x30, |_| {
+        Err(io::Error::from_raw_os_error(libc::EINVAL))
+    })
+    .unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
 }
 
 #[test]
