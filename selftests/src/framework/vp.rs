@@ -342,7 +342,13 @@ impl VsmVm {
             vtlkit_uapi::notify::enable_event_notify(&vm.fd)
                 .context("KVM_ENABLE_CAP(KVM_CAP_VCPU_EVENT_NOTIFY)")?;
         }
-        let config = PartitionConfig::default();
+        let config = PartitionConfig {
+            apic_groups: vtlkit_uapi::apic_groups_supported(&vm.kvm),
+            ..Default::default()
+        };
+        config
+            .validate()
+            .context("the partition's configuration for this kernel")?;
         for vtl in 0..VTLS {
             for vp in 0..vps {
                 let id = u64::from(vtl) * u64::from(vps) + u64::from(vp);
@@ -500,7 +506,8 @@ impl VsmVm {
     /// Hand every vCPU to a [`Partition`] and run one thread per VP.
     pub fn start(&mut self) -> Result<VpRunning> {
         install_kick_handler();
-        let mut partition = Partition::new(self.config.clone());
+        let mut partition =
+            Partition::new(self.config.clone()).context("the partition's configuration")?;
         for vp in 0..self.vps {
             let mut take = |vtl: u8| -> Result<Sibling> {
                 let i = self.index(vp, vtl);

@@ -49,7 +49,7 @@
 //! vtlkit_uapi::enable_hyperv_vsm(&vm)?;
 //! // ... irqchip, KVM_CAP_APIC_GROUPS, memory, and VP 0's VTL0 vCPU in group 0 ...
 //! let vtl0: VcpuFd = vm.create_vcpu(0)?;
-//! let mut partition = Partition::new(PartitionConfig::default()); // max VTL 1, group = VTL
+//! let mut partition = Partition::new(PartitionConfig::default())?; // max VTL 1, group = VTL
 //! partition.add_vp(0, 0, vtl0)?;
 //! // ... and VTL1's sibling (vcpu_id 1, group 1, APIC ID 0, VP index 0), before the guest
 //! // enables VTL1 (or hand the Env a SiblingFactory that creates it on demand).
@@ -133,7 +133,8 @@
 //! | a notification that finds no higher VTL with an event (taken or withdrawn since) | [`NotifyOutcome::Resume`]: re-armed, same vCPU runs on |
 //!
 //! State that is not carried: the shared MSRs (MTRRs, VP_INDEX, ...) are set identically on all
-//! siblings by the VMM when it creates them; DR6 is private (VsmCapabilities.Dr6Shared = 0).
+//! siblings by the VMM when it creates them; DR6 is private (VsmCapabilities.Dr6Shared = 0,
+//! which [`Partition::new`] enforces: [`ConfigError::Dr6Shared`]).
 
 mod backend;
 mod enable;
@@ -271,14 +272,20 @@ pub enum Outcome {
     NotHandled,
 }
 
-/// Static configuration of a [`Partition`].
+/// Static configuration of a [`Partition`], checked by [`Partition::new`] ([`ConfigError`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionConfig {
-    /// Highest VTL the guest may enable (HvRegisterVsmPartitionStatus.MaximumVtl); at most 15.
+    /// Highest VTL the guest may enable (HvRegisterVsmPartitionStatus.MaximumVtl); at most 15
+    /// (and at most the VTL label KVM stores, [`crate::MAX_VTL`]).
     pub max_vtl: u8,
-    /// The APIC group of each VTL's siblings.
+    /// The APIC group of each VTL's siblings: one group per VTL (0..=`max_vtl`), each below
+    /// `apic_groups`; the entries above `max_vtl` are not used.
     pub vtl_groups: [u32; NUM_VTLS],
+    /// How many APIC groups the kernel offers (`KVM_CHECK_EXTENSION(KVM_CAP_APIC_GROUPS)`,
+    /// [`crate::apic_groups_supported`]); default 16, the series' count.
+    pub apic_groups: u32,
     /// HvRegisterVsmCapabilities as the guest reads it (default 0: DR6 private, no MBEC).
+    /// Dr6Shared (bit 0) cannot be offered: the VTL switch keeps DR6 private.
     pub vsm_capabilities: u64,
     /// HvRegisterVsmCodePageOffsets (VtlCall offset 11:0, VtlReturn offset 23:12 in the
     /// hypercall page), 0 unless the VMM writes those stubs into the hypercall page.
@@ -295,9 +302,80 @@ impl Default for PartitionConfig {
         Self {
             max_vtl: 1,
             vtl_groups,
+            apic_groups: DEFAULT_APIC_GROUPS,
             vsm_capabilities: 0,
             code_page_offsets: 0,
         }
+    }
+}
+
+/// APIC groups the series offers (`KVM_CAP_APIC_GROUPS`): [`PartitionConfig::apic_groups`]'s
+/// default.
+pub const DEFAULT_APIC_GROUPS: u32 = 16;
+
+/// A [`PartitionConfig`] that [`Partition::new`] refuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// `max_vtl` is above 15 (the TLFS) or above the VTL label KVM stores.
+    #[error("max_vtl {max_vtl} is above {limit}, the highest VTL there is")]
+    MaxVtl {
+        /// The configured value.
+        max_vtl: u8,
+        /// The highest allowed.
+        limit: u8,
+    },
+    /// Two VTLs share an APIC group: their interrupts and IPIs would not be kept apart.
+    #[error("VTLs {low} and {high} share APIC group {group}; each VTL needs a group of its own")]
+    SharedGroup {
+        /// The lower VTL.
+        low: u8,
+        /// The higher VTL.
+        high: u8,
+        /// The group.
+        group: u32,
+    },
+    /// A VTL's group is not one the kernel offers.
+    #[error("VTL {vtl} is in APIC group {group}, but KVM offers groups 0..{groups}")]
+    GroupOutOfRange {
+        /// The VTL.
+        vtl: u8,
+        /// Its group.
+        group: u32,
+        /// [`PartitionConfig::apic_groups`].
+        groups: u32,
+    },
+    /// `vsm_capabilities` advertises Dr6Shared, but the VTL switch keeps DR6 private.
+    #[error("vsm_capabilities advertises Dr6Shared, but the VTL switch keeps DR6 private")]
+    Dr6Shared,
+}
+
+impl PartitionConfig {
+    /// Check the configuration ([`ConfigError`]); [`Partition::new`] does.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let limit = crate::MAX_VTL.min(NUM_VTLS as u8 - 1);
+        if self.max_vtl > limit {
+            return Err(ConfigError::MaxVtl {
+                max_vtl: self.max_vtl,
+                limit,
+            });
+        }
+        for high in 0..=self.max_vtl {
+            let group = self.vtl_groups[usize::from(high)];
+            if group >= self.apic_groups {
+                return Err(ConfigError::GroupOutOfRange {
+                    vtl: high,
+                    group,
+                    groups: self.apic_groups,
+                });
+            }
+            if let Some(low) = (0..high).find(|&l| self.vtl_groups[usize::from(l)] == group) {
+                return Err(ConfigError::SharedGroup { low, high, group });
+            }
+        }
+        if self.vsm_capabilities & hv::VSM_CAPABILITIES_DR6_SHARED != 0 {
+            return Err(ConfigError::Dr6Shared);
+        }
+        Ok(())
     }
 }
 
@@ -431,17 +509,18 @@ pub struct Partition<V> {
 }
 
 impl<V: VtlVcpu> Partition<V> {
-    /// A partition with only VTL0 enabled and no VP yet. `max_vtl` is clamped to 15.
-    pub fn new(mut config: PartitionConfig) -> Self {
-        config.max_vtl = config.max_vtl.min(15);
-        Self {
+    /// A partition with only VTL0 enabled and no VP yet, if `config` holds together
+    /// ([`PartitionConfig::validate`]).
+    pub fn new(config: PartitionConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(Self {
             config,
             enabled: 1,
             mbec_enabled: 0,
             vsm_config: [0; NUM_VTLS],
             vps: BTreeMap::new(),
             notify: false,
-        }
+        })
     }
 
     /// The configuration.

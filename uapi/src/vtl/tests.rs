@@ -375,7 +375,7 @@ impl World {
 
     fn with(config: PartitionConfig) -> Self {
         let mut w = World {
-            p: Partition::new(config),
+            p: Partition::new(config).unwrap(),
             ram: Ram::new(),
             sent: Sent::default(),
             prot: Prot::default(),
@@ -2064,7 +2064,8 @@ fn fixed_msi_names_the_group() {
 #[allow(clippy::arc_with_non_send_sync)]
 fn arc_mutex_vcpus_work_too() {
     use std::sync::{Arc, Mutex};
-    let mut p: Partition<Arc<Mutex<MockVcpu>>> = Partition::new(PartitionConfig::default());
+    let mut p: Partition<Arc<Mutex<MockVcpu>>> =
+        Partition::new(PartitionConfig::default()).unwrap();
     let v0 = MockVcpu::default();
     let v1 = MockVcpu::default();
     p.add_vp(0, 0, Arc::new(Mutex::new(v0.clone()))).unwrap();
@@ -2426,7 +2427,7 @@ fn notify_highest_pending_vtl_wins_and_returns_to_the_interrupted_vtl() {
 fn notify_errors_are_typed() {
     // A sibling without a vcpu_id cannot be a target.
     let mut w = World::new();
-    let mut p = Partition::new(PartitionConfig::default());
+    let mut p = Partition::new(PartitionConfig::default()).unwrap();
     let anon = MockVcpu::default();
     p.add_vp(0, 0, anon).unwrap();
     let v1 = MockVcpu::default();
@@ -2468,4 +2469,76 @@ fn notify_errors_are_typed() {
         w.p.handle_event_notify(&mut env, 9, 0),
         Err(VtlError::UnknownVp(9))
     ));
+}
+
+#[test]
+fn partition_config_is_validated() {
+    let ok = PartitionConfig::default();
+    assert!(Partition::<MockVcpu>::new(ok.clone()).is_ok());
+    let err = |c: PartitionConfig| Partition::<MockVcpu>::new(c).err();
+    // max_vtl above 15 is refused, not clamped.
+    assert_eq!(
+        err(PartitionConfig {
+            max_vtl: 16,
+            ..ok.clone()
+        }),
+        Some(ConfigError::MaxVtl {
+            max_vtl: 16,
+            limit: 15
+        })
+    );
+    let full = PartitionConfig {
+        max_vtl: 15,
+        ..ok.clone()
+    };
+    assert!(Partition::<MockVcpu>::new(full.clone()).is_ok());
+    // Two VTLs in one group.
+    let mut shared = ok.clone();
+    shared.vtl_groups[1] = 0;
+    assert_eq!(
+        err(shared.clone()),
+        Some(ConfigError::SharedGroup {
+            low: 0,
+            high: 1,
+            group: 0
+        })
+    );
+    // ... only among the VTLs in use.
+    shared.vtl_groups[1] = 1;
+    shared.vtl_groups[5] = 0;
+    assert!(Partition::<MockVcpu>::new(shared).is_ok());
+    // A group the kernel does not offer.
+    let mut far = ok.clone();
+    far.vtl_groups[1] = 16;
+    assert_eq!(
+        err(far.clone()),
+        Some(ConfigError::GroupOutOfRange {
+            vtl: 1,
+            group: 16,
+            groups: 16
+        })
+    );
+    far.apic_groups = 17;
+    assert!(Partition::<MockVcpu>::new(far).is_ok());
+    let few = PartitionConfig {
+        apic_groups: 8,
+        ..full
+    };
+    assert!(matches!(
+        err(few),
+        Some(ConfigError::GroupOutOfRange { vtl: 8, .. })
+    ));
+    // DR6 is private in the switch: Dr6Shared cannot be advertised.
+    assert_eq!(
+        err(PartitionConfig {
+            vsm_capabilities: hv::VSM_CAPABILITIES_DR6_SHARED | (1 << 2),
+            ..ok.clone()
+        }),
+        Some(ConfigError::Dr6Shared)
+    );
+    assert!(Partition::<MockVcpu>::new(PartitionConfig {
+        vsm_capabilities: 1 << 2,
+        ..ok
+    })
+    .is_ok());
 }
