@@ -25,6 +25,10 @@
 //!   [`MsiDelivery`] delivers with `KVM_SIGNAL_MSI` naming the group (told whether the VM has
 //!   32-bit x2APIC IDs in MSIs).
 //!
+//! Decisions the guest does not see as a status (a #UD, an IPI target skipped, an assist page
+//! that could not be read or written, a result with no HCALL exit to go to) are logged through
+//! the `log` crate at debug or trace level; a `KVM_SIGNAL_MSI` nobody took at warn level.
+//!
 //! Guest mistakes never become errors or panics: a malformed hypercall gets its TLFS status
 //! (or, for a VtlCall/VtlReturn the TLFS says faults, a #UD). [`VtlError`] is only for the VMM's
 //! side: an ioctl failed, or the VMM asked about a VP or VTL it never registered.

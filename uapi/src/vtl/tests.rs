@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0-only OR Apache-2.0
-//! The state machine against mocks: no `/dev/kvm` needed.
+//! The state machine against mocks: no `/dev/kvm` needed. Tests marked `test_log::test` show
+//! the state machine's `log` output on failure (`RUST_LOG=trace cargo test -p vtlkit-uapi`).
 
 #![allow(clippy::unwrap_used)]
 
@@ -1039,7 +1040,7 @@ fn vtl_return_fast_keeps_the_shared_rax_rcx() {
     assert_eq!((a.regs.rax, a.regs.rcx), (1, u64::from(code::VTL_RETURN)));
 }
 
-#[test]
+#[test_log::test]
 fn disabled_assist_pages_are_left_alone() {
     let mut w = World::new();
     w.vtl1(false);
@@ -1067,7 +1068,7 @@ fn disabled_assist_pages_are_left_alone() {
     );
 }
 
-#[test]
+#[test_log::test]
 fn round_trips_repeat() {
     let mut w = World::new();
     w.vtl1(false);
@@ -1152,7 +1153,7 @@ fn assert_ud(w: &mut World, vp: u32, vtl: u8, exit: HcallExit) {
     v.st().events = kvm_vcpu_events::default();
 }
 
-#[test]
+#[test_log::test]
 fn vtl_call_and_return_faults() {
     let mut w = World::new();
     w.vcpu(0, 0).st().regs.rip = 0x4444;
@@ -2098,7 +2099,7 @@ fn arc_mutex_vcpus_work_too() {
 // Whatever the guest puts in its registers and pages: a status, a switch or a #UD, never a
 // panic or a VMM error.
 
-#[test]
+#[test_log::test]
 fn random_hypercalls_never_panic_or_fail_the_vmm() {
     let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
     let mut rnd = move || {
@@ -2374,7 +2375,7 @@ fn notify_with_nothing_pending_rearms_and_resumes() {
     assert_eq!(armed(&w, 1), Some(0));
 }
 
-#[test]
+#[test_log::test]
 fn notify_highest_pending_vtl_wins_and_returns_to_the_interrupted_vtl() {
     let mut w = World::with(PartitionConfig {
         max_vtl: 2,
