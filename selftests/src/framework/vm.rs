@@ -1052,11 +1052,6 @@ impl RunShared {
 /// is that KVM_RUN returns EINTR).
 pub(crate) const KICK: Signal = Signal::SIGUSR1;
 
-/// [`KICK`] as a signal number.
-pub(crate) fn kick_signal() -> libc::c_int {
-    KICK as libc::c_int
-}
-
 extern "C" fn kick_handler(_: libc::c_int) {}
 
 pub(crate) fn install_kick_handler() {
