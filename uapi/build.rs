@@ -41,6 +41,14 @@ fn main() {
         .allowlist_var("KVM_CAP_VCPU_EVENT_NOTIFY")
         .allowlist_var("KVM_EVENT_NOTIFY_.*")
         .allowlist_var("KVM_EXIT_EVENT_NOTIFY")
+        // KVM_CAP_VTL_PROTECTIONS: the ioctls' struct and access bits, and the memory-fault
+        // exit with its new flags and `gva` (kvm-bindings' kvm_run has 6.12's, without them).
+        .allowlist_type("kvm_vtl_protection")
+        .allowlist_type("vtlkit_memory_fault")
+        .allowlist_var("KVM_CAP_VTL_PROTECTIONS")
+        .allowlist_var("KVM_VTL_PROT_.*")
+        .allowlist_var("KVM_MEMORY_EXIT_FLAG_.*")
+        .allowlist_var("KVM_EXIT_MEMORY_FAULT")
         .prepend_enum_name(false)
         .derive_default(true)
         .derive_eq(true)
