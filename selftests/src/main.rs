@@ -16,7 +16,7 @@ mod tests;
 
 // The framework at the crate root, so tests write `crate::vm::TestVm`, `crate::harness::Test`.
 pub(crate) use framework::{guest, harness, hyperv, stats, vm, vp};
-use tests::{apic_groups, basic, fuzz, hyperv as hyperv_tests, nested, vsm, vtlctl, wake};
+use tests::{apic_groups, basic, fuzz, hyperv as hyperv_tests, nested, protect, vsm, vtlctl, wake};
 
 use std::io::{self, Write};
 use std::process::ExitCode;
@@ -33,6 +33,7 @@ fn all_tests() -> Vec<Test> {
     v.extend_from_slice(hyperv_tests::TESTS);
     v.extend_from_slice(vsm::TESTS);
     v.extend_from_slice(wake::TESTS);
+    v.extend_from_slice(protect::TESTS);
     v.extend_from_slice(vtlctl::TESTS);
     v.extend_from_slice(fuzz::TESTS);
     v
@@ -43,6 +44,8 @@ fn all_tests() -> Vec<Test> {
 fn time_limit(t: &Test, base: Option<Duration>, fuzz_seconds: u64) -> Option<Duration> {
     let extra = match t.name {
         "fuzz_apic_groups" => fuzz_seconds,
+        // The guest touches 512 MiB first (about 25 s of nested page faults under TCG).
+        "protect_large_range" => 120,
         _ => 0,
     };
     base.map(|b| b.saturating_add(Duration::from_secs(extra)))
@@ -217,5 +220,9 @@ mod unit {
             Some(Duration::from_secs(360))
         );
         assert_eq!(time_limit(by_name("fuzz_apic_groups"), None, 300), None);
+        assert_eq!(
+            time_limit(by_name("protect_large_range"), base, 300),
+            Some(Duration::from_secs(180))
+        );
     }
 }
