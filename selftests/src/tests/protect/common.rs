@@ -36,8 +36,26 @@ pub(super) enum Paging {
     Shadow,
 }
 
-/// The paging mode of the loaded KVM vendor module, from its `npt` or `ept` parameter.
+/// The paging mode of the loaded KVM vendor module, from its `npt` or `ept` parameter. With
+/// `vtlkit.paging=tdp` or `=shadow` on the kernel command line (`scripts/test.sh`'s shadow
+/// paging boot) a different mode is an error, so that a boot meant for shadow paging cannot
+/// quietly test TDP again.
 pub(super) fn paging() -> Result<Paging> {
+    let mode = vendor_paging()?;
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let wanted = cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("vtlkit.paging="));
+    match (wanted, mode) {
+        (None, _) | (Some("tdp"), Paging::Tdp) | (Some("shadow"), Paging::Shadow) => Ok(mode),
+        (Some(w @ ("tdp" | "shadow")), _) => {
+            bail!("vtlkit.paging={w} is on the kernel command line, but KVM uses {mode:?} paging")
+        }
+        (Some(w), _) => bail!("vtlkit.paging={w}: neither tdp nor shadow"),
+    }
+}
+
+fn vendor_paging() -> Result<Paging> {
     for p in [
         "/sys/module/kvm_amd/parameters/npt",
         "/sys/module/kvm_intel/parameters/ept",
@@ -325,4 +343,30 @@ pub(super) fn check_prot(
         bail!("KVM_GET_VTL_PROTECTION(VTL {vtl}, {gpa:#x}): {a} over {size:#x} bytes, wanted {access} over at least {min_size:#x}");
     }
     Ok(())
+}
+
+/// Whether this process's anonymous memory is backed by transparent huge pages: `None` when
+/// the kernel has no THP or it is not set to `always`, else the AnonHugePages of this process
+/// in KiB (the test VMs' memory is most of it).
+pub(super) fn thp_backing_kib() -> Result<Option<u64>> {
+    let Ok(mode) = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled") else {
+        return Ok(None);
+    };
+    if !mode.contains("[always]") {
+        return Ok(None);
+    }
+    let rollup = std::fs::read_to_string("/proc/self/smaps_rollup")
+        .context("reading /proc/self/smaps_rollup")?;
+    for line in rollup.lines() {
+        if let Some(rest) = line.strip_prefix("AnonHugePages:") {
+            let kib = rest
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .map_err(|e| anyhow!("AnonHugePages {rest:?}: {e}"))?;
+            return Ok(Some(kib));
+        }
+    }
+    bail!("no AnonHugePages line in /proc/self/smaps_rollup")
 }

@@ -60,6 +60,15 @@ pub fn protect_rwx_faults() -> TestResult {
         "the code page's function"
     );
 
+    // With THP (the test kernel's config) the guest memory is backed by 2 MiB pages, so the
+    // protected page below cuts a huge page on the host side too.
+    let thp = thp_backing_kib()?;
+    if thp == Some(0) {
+        bail!(
+            "THP is set to always, but no anonymous memory of this process is backed by huge pages"
+        );
+    }
+
     // Read-only: reads proceed, so do writes to both neighbours in the same guest large page;
     // the write exits twice at the same instruction, then completes once when allowed.
     protect(&vm, DATA_PAGE, 1, 0, Access::READ)?;
@@ -230,8 +239,10 @@ pub fn protect_rwx_faults() -> TestResult {
             rounds(&vm, v)?
         );
     }
-    eprintln!(
-        "# {paging:?} paging: {faults} faults, each with flag, GPA, size, GVA and RIP checked"
-    );
+    let backing = match thp {
+        Some(kib) => format!("THP-backed guest memory ({kib} KiB in huge pages)"),
+        None => "no THP: 4 KiB-backed guest memory".to_string(),
+    };
+    eprintln!("# {paging:?} paging, {backing}: {faults} faults, each with flag, GPA, size, GVA and RIP checked");
     Ok(Outcome::Pass)
 }
