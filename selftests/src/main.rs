@@ -7,8 +7,11 @@
 //!        vtlkit-selftests --bench [--ipis N] [--reps R]   (IPI delivery benchmark, [`bench`])
 //!        vtlkit-selftests --bench-vtl [--ops N] [--reps R] (VTL switch benchmark, [`bench_vtl`])
 //!        vtlkit-selftests --bench-wake [--samples N]        (wake-up latency, [`bench_wake`])
+//!        vtlkit-selftests --bench-prot [--faults N] [--reps R] [--max-mib M]
+//!                                   (VTL protection faults and range changes, [`bench_prot`])
 
 mod bench;
+mod bench_prot;
 mod bench_vtl;
 mod bench_wake;
 mod framework;
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
         println!("       vtlkit-selftests --bench [--ipis N] [--reps R]");
         println!("       vtlkit-selftests --bench-vtl [--ops N] [--reps R]");
         println!("       vtlkit-selftests --bench-wake [--samples N]");
+        println!("       vtlkit-selftests --bench-prot [--faults N] [--reps R] [--max-mib M]");
         return ExitCode::SUCCESS;
     }
     if args.first().is_some_and(|a| a == "--bench") {
@@ -71,6 +75,9 @@ fn main() -> ExitCode {
     }
     if args.first().is_some_and(|a| a == "--bench-wake") {
         return bench_wake_main(&args[1..]);
+    }
+    if args.first().is_some_and(|a| a == "--bench-prot") {
+        return bench_prot_main(&args[1..]);
     }
     if args.iter().any(|a| a == "--list") {
         for t in &tests {
@@ -173,6 +180,45 @@ fn bench_vtl_main(args: &[String]) -> ExitCode {
         Err(e) => {
             let _ = out.flush();
             eprintln!("vtlkit-bench-vtl: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `--bench-prot [--faults N] [--reps R] [--max-mib M]`: run the VTL protection benchmark; 0 on
+/// success, 1 on error, 2 on bad usage.
+fn bench_prot_main(args: &[String]) -> ExitCode {
+    let mut p = bench_prot::Params {
+        faults: 2000,
+        reps: 5,
+        max_mib: 256,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let v = match it.next().and_then(|v| v.parse::<u32>().ok()) {
+            Some(v) if v > 0 => v,
+            _ => {
+                eprintln!("vtlkit-selftests: --bench-prot: {a} needs a positive number");
+                return ExitCode::from(2);
+            }
+        };
+        match a.as_str() {
+            "--faults" => p.faults = v,
+            "--reps" => p.reps = v,
+            "--max-mib" => p.max_mib = u64::from(v),
+            _ => {
+                eprintln!("vtlkit-selftests: --bench-prot: unknown argument {a}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    match bench_prot::run_bench(p, &mut out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = out.flush();
+            eprintln!("vtlkit-bench-prot: error: {e:#}");
             ExitCode::from(1)
         }
     }

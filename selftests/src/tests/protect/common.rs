@@ -14,22 +14,22 @@ use crate::vm::{layout, GuestMem, GuestRecord, TestVm, Vcpu, VmOptions};
 
 /// The data page the tests protect: inside the guest's second 2 MiB page (0x200000..0x400000,
 /// one large page in the guest's page tables), with unprotected neighbours on both sides.
-pub(super) const DATA_PAGE: u64 = 0x28_0000;
+pub(crate) const DATA_PAGE: u64 = 0x28_0000;
 /// The code page: `mov eax, CODE_RESULT; ret`.
-pub(super) const CODE_PAGE: u64 = 0x28_2000;
+pub(crate) const CODE_PAGE: u64 = 0x28_2000;
 /// What the code page's function returns.
-pub(super) const CODE_RESULT: u64 = 0x1234;
+pub(crate) const CODE_RESULT: u64 = 0x1234;
 /// `mov eax, 0x1234; ret`.
 const CODE_BYTES: [u8; 6] = [0xb8, 0x34, 0x12, 0x00, 0x00, 0xc3];
 
 /// A `uapi` error with its errno, for anyhow.
-pub(super) fn kvm_err(e: vtlkit_uapi::Error) -> anyhow::Error {
+pub(crate) fn kvm_err(e: vtlkit_uapi::Error) -> anyhow::Error {
     anyhow!("{e} (errno {})", e.errno())
 }
 
 /// How the host KVM (the one under test, in this kernel) maps guest memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Paging {
+pub(crate) enum Paging {
     /// Two-dimensional paging (NPT/EPT): KVM does not see guest virtual addresses.
     Tdp,
     /// Shadow paging (`kvm_amd.npt=0` / `kvm_intel.ept=0`): every fault has its GVA.
@@ -40,7 +40,7 @@ pub(super) enum Paging {
 /// `vtlkit.paging=tdp` or `=shadow` on the kernel command line (`scripts/test.sh`'s shadow
 /// paging boot) a different mode is an error, so that a boot meant for shadow paging cannot
 /// quietly test TDP again.
-pub(super) fn paging() -> Result<Paging> {
+pub(crate) fn paging() -> Result<Paging> {
     let mode = vendor_paging()?;
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let wanted = cmdline
@@ -73,7 +73,7 @@ fn vendor_paging() -> Result<Paging> {
 
 /// A test VM opted in to VTL protections (and to APIC groups if `opts` says so), with the
 /// code page written and the data page holding `data`. No vCPU yet.
-pub(super) fn new_vm(opts: VmOptions, data: u64) -> Result<TestVm> {
+pub(crate) fn new_vm(opts: VmOptions, data: u64) -> Result<TestVm> {
     let vm = TestVm::new(opts)?;
     if !protections::vtl_protections_supported(&vm.kvm) {
         bail!("KVM_CHECK_EXTENSION(KVM_CAP_VTL_PROTECTIONS) is 0: this kernel lacks series v5's protections");
@@ -85,12 +85,12 @@ pub(super) fn new_vm(opts: VmOptions, data: u64) -> Result<TestVm> {
 }
 
 /// Add a vCPU that runs the memory-access guest.
-pub(super) fn add_vcpu(vm: &mut TestVm, id: u64) -> Result<usize> {
+pub(crate) fn add_vcpu(vm: &mut TestVm, id: u64) -> Result<usize> {
     vm.add_vcpu(id, Entry::MemOps)
 }
 
 /// `KVM_SET_VTL_PROTECTION` of `pages` pages from `gpa` for `vtl`.
-pub(super) fn protect(vm: &TestVm, gpa: u64, pages: u64, vtl: u8, access: Access) -> Result<()> {
+pub(crate) fn protect(vm: &TestVm, gpa: u64, pages: u64, vtl: u8, access: Access) -> Result<()> {
     protections::set_vtl_protection(
         &vm.fd,
         VtlProtection {
@@ -106,7 +106,7 @@ pub(super) fn protect(vm: &TestVm, gpa: u64, pages: u64, vtl: u8, access: Access
 
 /// What a run of a memory-access vCPU gave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Event {
+pub(crate) enum Event {
     /// The round finished: its result, the rounds done so far, the operation.
     Done { result: u64, rounds: u64, op: u64 },
     /// `KVM_RUN` failed with `EFAULT` and `KVM_EXIT_MEMORY_FAULT`; RIP where the vCPU stays.
@@ -117,7 +117,7 @@ pub(super) enum Event {
 
 /// One `KVM_RUN` (more if the guest prints): a round's SYNC, a memory fault, or a kick; any
 /// other exit, and a guest ABORT, is an error that says what the guest did.
-pub(super) fn run_raw(vcpu: &mut Vcpu, mem: &GuestMem) -> Result<Event> {
+pub(crate) fn run_raw(vcpu: &mut Vcpu, mem: &GuestMem) -> Result<Event> {
     let id = vcpu.id;
     loop {
         let (port, data) = match vcpu.fd.run() {
@@ -195,7 +195,7 @@ pub(super) fn run_raw(vcpu: &mut Vcpu, mem: &GuestMem) -> Result<Event> {
 }
 
 /// [`run_raw`] until it gives a round or a fault.
-pub(super) fn run(vcpu: &mut Vcpu, mem: &GuestMem) -> Result<Event> {
+pub(crate) fn run(vcpu: &mut Vcpu, mem: &GuestMem) -> Result<Event> {
     loop {
         match run_raw(vcpu, mem)? {
             Event::Interrupted => continue,
@@ -205,7 +205,7 @@ pub(super) fn run(vcpu: &mut Vcpu, mem: &GuestMem) -> Result<Event> {
 }
 
 /// The vCPU at `index`, mutably (it must not be on a thread).
-pub(super) fn vcpu_mut(vm: &mut TestVm, index: usize) -> Result<&mut Vcpu> {
+pub(crate) fn vcpu_mut(vm: &mut TestVm, index: usize) -> Result<&mut Vcpu> {
     vm.vcpus
         .get_mut(index)
         .and_then(Option::as_mut)
@@ -213,25 +213,25 @@ pub(super) fn vcpu_mut(vm: &mut TestVm, index: usize) -> Result<&mut Vcpu> {
 }
 
 /// Set vCPU `index`'s next operation (it takes it when it starts its next round).
-pub(super) fn set_op(vm: &TestVm, index: usize, op: u64, addr: u64) -> Result<()> {
+pub(crate) fn set_op(vm: &TestVm, index: usize, op: u64, addr: u64) -> Result<()> {
     vm.set_pcpu(index, memops::OP, op)?;
     vm.set_pcpu(index, memops::ADDR, addr)
 }
 
 /// Run vCPU `index` (its current operation, or the faulting instruction it stays at).
-pub(super) fn resume(vm: &mut TestVm, index: usize) -> Result<Event> {
+pub(crate) fn resume(vm: &mut TestVm, index: usize) -> Result<Event> {
     let mem = std::sync::Arc::clone(&vm.mem);
     run(vcpu_mut(vm, index)?, &mem)
 }
 
 /// Set the operation, run, and return what happened.
-pub(super) fn op(vm: &mut TestVm, index: usize, op: u64, addr: u64) -> Result<Event> {
+pub(crate) fn op(vm: &mut TestVm, index: usize, op: u64, addr: u64) -> Result<Event> {
     set_op(vm, index, op, addr)?;
     resume(vm, index)
 }
 
 /// The round's result; an error if the vCPU faulted or did another operation.
-pub(super) fn expect_done(ev: Event, op: u64, what: &str) -> Result<u64> {
+pub(crate) fn expect_done(ev: Event, op: u64, what: &str) -> Result<u64> {
     match ev {
         Event::Done { result, op: o, .. } if o == op => Ok(result),
         other => bail!(
@@ -242,7 +242,7 @@ pub(super) fn expect_done(ev: Event, op: u64, what: &str) -> Result<u64> {
 
 /// What a protection fault must say.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Expected {
+pub(crate) struct Expected {
     /// The attempted access.
     pub access: FaultAccess,
     /// The page's guest physical address.
@@ -256,7 +256,7 @@ pub(super) struct Expected {
 /// Check that `ev` is exactly the protection fault `want`: flag, GPA, size 4096, no other flag
 /// bit, RIP at the faulting instruction, and the GVA (required under shadow paging; where TDP
 /// reports one it must be right too).
-pub(super) fn expect_fault(ev: Event, want: Expected, paging: Paging, what: &str) -> Result<()> {
+pub(crate) fn expect_fault(ev: Event, want: Expected, paging: Paging, what: &str) -> Result<()> {
     let (f, rip) = match ev {
         Event::Fault { fault, rip } => (fault, rip),
         other => bail!(
@@ -301,28 +301,28 @@ pub(super) fn expect_fault(ev: Event, want: Expected, paging: Paging, what: &str
 }
 
 /// Guest RIP of a memory-access instruction at code-blob offset `off`.
-pub(super) fn code_rip(off: u64) -> u64 {
+pub(crate) fn code_rip(off: u64) -> u64 {
     layout::CODE + off
 }
 
 /// The offsets of the memory-access guest's instructions.
-pub(super) fn insns() -> guest::MemOpsInsns {
+pub(crate) fn insns() -> guest::MemOpsInsns {
     guest::memops_insn_offsets()
 }
 
 /// Rounds the vCPU at `index` has finished.
-pub(super) fn rounds(vm: &TestVm, index: usize) -> Result<u64> {
+pub(crate) fn rounds(vm: &TestVm, index: usize) -> Result<u64> {
     vm.mem.read_u64(TestVm::pcpu_gpa(index) + memops::ROUNDS)
 }
 
 /// The vCPU's `vtl_prot_faults` statistic.
-pub(super) fn prot_faults(vcpu: &Vcpu) -> Result<u64> {
+pub(crate) fn prot_faults(vcpu: &Vcpu) -> Result<u64> {
     Stats::open(&vcpu.fd)?.get("vtl_prot_faults")
 }
 
 /// Fail if the guest of vCPU `index` took an exception: a protection fault must never reach
 /// the guest as a #PF.
-pub(super) fn check_no_guest_exception(vm: &TestVm, index: usize) -> Result<()> {
+pub(crate) fn check_no_guest_exception(vm: &TestVm, index: usize) -> Result<()> {
     let r = GuestRecord::read(&vm.mem, index)?;
     if r.exceptions != 0 {
         bail!("vCPU index {index}: {r}");
@@ -331,7 +331,7 @@ pub(super) fn check_no_guest_exception(vm: &TestVm, index: usize) -> Result<()> 
 }
 
 /// `KVM_GET_VTL_PROTECTION` at `gpa` must report `access` over at least `min_size` bytes.
-pub(super) fn check_prot(
+pub(crate) fn check_prot(
     vm: &TestVm,
     gpa: u64,
     vtl: u8,
@@ -348,7 +348,7 @@ pub(super) fn check_prot(
 /// Whether this process's anonymous memory is backed by transparent huge pages: `None` when
 /// the kernel has no THP or it is not set to `always`, else the AnonHugePages of this process
 /// in KiB (the test VMs' memory is most of it).
-pub(super) fn thp_backing_kib() -> Result<Option<u64>> {
+pub(crate) fn thp_backing_kib() -> Result<Option<u64>> {
     let Ok(mode) = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled") else {
         return Ok(None);
     };
@@ -369,4 +369,56 @@ pub(super) fn thp_backing_kib() -> Result<Option<u64>> {
         }
     }
     bail!("no AnonHugePages line in /proc/self/smaps_rollup")
+}
+
+/// An anonymous mapping for an extra memslot; unmapped on drop (declare it before the VM, so
+/// that the VM goes first).
+pub(crate) struct Backing {
+    /// Start of the mapping.
+    pub ptr: *mut libc::c_void,
+    size: usize,
+}
+
+impl Backing {
+    /// Map `size` bytes.
+    pub(crate) fn new(size: usize) -> Result<Self> {
+        // SAFETY: a fresh private anonymous mapping; no existing memory is touched; the result is
+        // checked against MAP_FAILED.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            bail!("mmap of {size} bytes: {}", std::io::Error::last_os_error());
+        }
+        Ok(Backing { ptr, size })
+    }
+
+    /// Read the u64 at byte offset `off`.
+    pub(crate) fn read_u64(&self, off: u64) -> Result<u64> {
+        if off % 8 != 0 || off + 8 > self.size as u64 {
+            bail!("read at {off:#x} outside the {:#x}-byte backing", self.size);
+        }
+        // SAFETY: in bounds and 8-byte aligned (checked above; the mapping is page aligned).
+        Ok(unsafe {
+            self.ptr
+                .cast::<u8>()
+                .add(off as usize)
+                .cast::<u64>()
+                .read_volatile()
+        })
+    }
+}
+
+impl Drop for Backing {
+    fn drop(&mut self) {
+        // SAFETY: exactly the mapping made in new(); the VM that used it is gone (dropped first).
+        unsafe { libc::munmap(self.ptr, self.size) };
+    }
 }

@@ -26,55 +26,6 @@ const MIN_MIB: u64 = 64;
 /// What the rest of the system needs while the test runs.
 const RESERVE_MIB: u64 = 256;
 
-/// An anonymous mapping for the memslot; unmapped on drop (after the VM, which the test drops
-/// first).
-struct Backing {
-    ptr: *mut libc::c_void,
-    size: usize,
-}
-
-impl Backing {
-    fn new(size: usize) -> Result<Self> {
-        // SAFETY: a fresh private anonymous mapping; no existing memory is touched; the result is
-        // checked against MAP_FAILED.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                size,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            bail!("mmap of {size} bytes: {}", std::io::Error::last_os_error());
-        }
-        Ok(Backing { ptr, size })
-    }
-
-    fn read_u64(&self, off: u64) -> Result<u64> {
-        if off % 8 != 0 || off + 8 > self.size as u64 {
-            bail!("read at {off:#x} outside the {:#x}-byte backing", self.size);
-        }
-        // SAFETY: in bounds and 8-byte aligned (checked above; the mapping is page aligned).
-        Ok(unsafe {
-            self.ptr
-                .cast::<u8>()
-                .add(off as usize)
-                .cast::<u64>()
-                .read_volatile()
-        })
-    }
-}
-
-impl Drop for Backing {
-    fn drop(&mut self) {
-        // SAFETY: exactly the mapping made in new(); the VM that used it is gone (dropped first).
-        unsafe { libc::munmap(self.ptr, self.size) };
-    }
-}
-
 /// MemAvailable of /proc/meminfo, in MiB.
 fn available_mib() -> Result<u64> {
     let s = std::fs::read_to_string("/proc/meminfo")?;

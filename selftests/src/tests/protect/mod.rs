@@ -16,7 +16,7 @@
 //! * [`errors`]: the opt-in's and the ioctls' errors, each leaving the protections intact;
 //! * [`large`]: a 512 MiB touched range protected and lifted in one call each, timed.
 
-mod common;
+pub(crate) mod common;
 mod concurrent;
 mod errors;
 mod faults;
