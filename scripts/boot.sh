@@ -11,7 +11,15 @@
 #
 # Acceleration: real KVM only where it works (vmx/svm in the CPU flags *and* a short trial
 # boot succeeds), else TCG with -cpu max (AMD with SVM and NPT, so the guest's kvm_amd runs
-# nested guests). Force with VTLKIT_ACCEL=kvm|tcg.
+# nested guests). Force with VTLKIT_ACCEL=kvm|tcg. VTLKIT_TCG_THREAD=single|multi picks TCG's
+# threading (-accel tcg,thread=...; default: QEMU's, multi-threaded on x86 hosts).
+#
+# QEMU: qemu-system-x86_64 from PATH, or VTLKIT_QEMU=/path/to/qemu-system-x86_64 (e.g. one
+# unpacked from a .deb without installing it). Its firmware and option ROMs are looked up in
+# VTLKIT_QEMU_DATA (colon-separated directories, each passed as -L); by default, for a QEMU
+# outside /usr/bin, in PREFIX/share/qemu and PREFIX/share/seabios next to its bin/ when they
+# exist (QEMU falls back to /usr/share/qemu and /usr/share/seabios). The version booted is
+# printed.
 #
 # The serial console is shown live and saved to $VTLKIT_RUN_DIR/serial.log; the guest writes
 # its kernel log and exit status to ttyS1 ($VTLKIT_RUN_DIR/results.log). Any BUG, WARNING,
@@ -28,16 +36,52 @@ initrd=${VTLKIT_INITRD:-$VTLKIT_BUILD_DIR/initramfs.cpio}
 timeout_s=${VTLKIT_TIMEOUT:-900}
 [ -f "$kernel" ] || die "booting: no kernel at $kernel; run scripts/build-kernel.sh"
 [ -f "$initrd" ] || die "booting: no initramfs at $initrd; run scripts/pack-initramfs.sh"
-command -v qemu-system-x86_64 >/dev/null || die "booting: qemu-system-x86_64 missing (apt-get install qemu-system-x86)"
+qemu=${VTLKIT_QEMU:-qemu-system-x86_64}
+if [ -n "${VTLKIT_QEMU:-}" ]; then
+	[ -x "$qemu" ] || die "booting: VTLKIT_QEMU=$qemu is not an executable file"
+else
+	command -v "$qemu" >/dev/null || die "booting: qemu-system-x86_64 missing (apt-get install qemu-system-x86)"
+fi
+case "${VTLKIT_TCG_THREAD:-}" in
+'' | single | multi) ;;
+*) die "booting: VTLKIT_TCG_THREAD must be single or multi, not '${VTLKIT_TCG_THREAD}'" ;;
+esac
+# Firmware directories for a QEMU outside the system's prefix (-L, searched before QEMU's own).
+qemu_data=()
+if [ -n "${VTLKIT_QEMU_DATA:-}" ]; then
+	IFS=: read -r -a dirs <<<"$VTLKIT_QEMU_DATA"
+	for d in "${dirs[@]}"; do
+		[ -d "$d" ] || die "booting: VTLKIT_QEMU_DATA: no directory $d"
+		qemu_data+=("$d")
+	done
+else
+	qpath=$(command -v "$qemu")
+	prefix=$(cd "$(dirname "$qpath")/.." && pwd -P)
+	if [ "$prefix" != /usr ]; then
+		for d in "$prefix/share/qemu" "$prefix/share/seabios"; do
+			[ -d "$d" ] && qemu_data+=("$d")
+		done
+	fi
+fi
+# qemu_version -> "10.0.2" (empty if QEMU does not run)
+qemu_version() {
+	"$qemu" --version 2>/dev/null | sed -n '1s/^QEMU emulator version \([0-9][0-9.]*\).*/\1/p'
+}
+qver=$(qemu_version || true)
+[ -n "$qver" ] || die "booting: $qemu --version failed: $("$qemu" --version 2>&1 | head -n 3)"
 mkdir -p "$VTLKIT_RUN_DIR"
 
 # qemu_cmd ACCEL RESULTS_FILE SERIAL_LOG APPEND -> prints the command line, one word per line
 qemu_args() {
 	local accel=$1 results=$2 serial=$3 append=$4
+	local d
+	for d in "${qemu_data[@]}"; do
+		printf '%s\n' -L "$d"
+	done
 	if [ "$accel" = kvm ]; then
 		printf '%s\n' -accel kvm -cpu host
 	else
-		printf '%s\n' -accel tcg -cpu max
+		printf '%s\n' -accel "tcg${VTLKIT_TCG_THREAD:+,thread=$VTLKIT_TCG_THREAD}" -cpu max
 	fi
 	printf '%s\n' -machine q35 -smp 2 -m 2G -nodefaults -display none -no-reboot \
 		-chardev "stdio,id=con,signal=off,logfile=$serial" -serial chardev:con \
@@ -68,7 +112,7 @@ pick_accel() {
 	mkdir -p "$r"
 	rm -f "$r/results.log"
 	mapfile -t args < <(qemu_args kvm "$r/results.log" "$r/serial.log" vtlkit.trial)
-	timeout -k 5 60 qemu-system-x86_64 "${args[@]}" </dev/null >/dev/null 2>&1 || true
+	timeout -k 5 60 "$qemu" "${args[@]}" </dev/null >/dev/null 2>&1 || true
 	if tr -d '\r' <"$r/results.log" 2>/dev/null | grep -qx 'vtlkit-exit-status: 0'; then
 		echo kvm
 	else
@@ -97,11 +141,12 @@ if [ -n "${VTLKIT_TEST_TIMEOUT:-}" ]; then
 fi
 
 step "booting: choosing the accelerator"
+info "QEMU $qver ($(command -v "$qemu"))${qemu_data[*]:+, firmware from ${qemu_data[*]}}"
 accel=$(pick_accel)
 if [ "$accel" = kvm ]; then
 	info "real KVM (-accel kvm -cpu host)"
 else
-	info "TCG software emulation (-accel tcg -cpu max: AMD, SVM + NPT for the guest's kvm_amd)"
+	info "TCG software emulation (-accel tcg${VTLKIT_TCG_THREAD:+,thread=$VTLKIT_TCG_THREAD} -cpu max: AMD, SVM + NPT for the guest's kvm_amd)"
 fi
 
 results=$VTLKIT_RUN_DIR/results.log
@@ -112,7 +157,7 @@ step "booting $(basename "$kernel") in QEMU, timeout ${timeout_s}s"
 info "serial log: $serial"
 start=$SECONDS
 set +e
-timeout -k 10 "$timeout_s" qemu-system-x86_64 "${args[@]}" </dev/null
+timeout -k 10 "$timeout_s" "$qemu" "${args[@]}" </dev/null
 qrc=$?
 set -e
 elapsed=$((SECONDS - start))

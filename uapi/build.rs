@@ -41,11 +41,15 @@ fn main() {
         .allowlist_var("KVM_CAP_VCPU_EVENT_NOTIFY")
         .allowlist_var("KVM_EVENT_NOTIFY_.*")
         .allowlist_var("KVM_EXIT_EVENT_NOTIFY")
-        // KVM_CAP_VTL_PROTECTIONS: the ioctls' struct and access bits, and the memory-fault
-        // exit with its new flags and `gva` (kvm-bindings' kvm_run has 6.12's, without them).
+        // KVM_CAP_VTL_PROTECTIONS (the wrappers are in protections.rs).
+        .allowlist_var("KVM_CAP_VTL_PROTECTIONS")
+        // kvm_run as the series' header lays it out, for exit members kvm-bindings' 6.12
+        // kvm_run lacks (event_notify).
+        .allowlist_type("kvm_run")
+        // ... and its ioctls' struct and access bits, the memory-fault exit's new flags, and a
+        // name for that exit's arm of kvm_run (with `gva`; see wrapper.h).
         .allowlist_type("kvm_vtl_protection")
         .allowlist_type("vtlkit_memory_fault")
-        .allowlist_var("KVM_CAP_VTL_PROTECTIONS")
         .allowlist_var("KVM_VTL_PROT_.*")
         .allowlist_var("KVM_MEMORY_EXIT_FLAG_.*")
         .allowlist_var("KVM_EXIT_MEMORY_FAULT")

@@ -18,6 +18,7 @@ mkdir -p "$tmp/bin" "$tmp/build"
 cat >"$tmp/bin/qemu-system-x86_64" <<'EOF'
 #!/usr/bin/env bash
 set -eu
+[ "${1:-}" = --version ] && { echo "QEMU emulator version 7.2.22 (stand-in)"; exit 0; }
 serial="" results="" append=""
 while [ $# -gt 0 ]; do
 	case "$1" in

@@ -1,10 +1,15 @@
 // SPDX-License-Identifier: GPL-2.0-only OR Apache-2.0
 //! `KVM_CAP_VCPU_EVENT_NOTIFY`: a vCPU that userspace does not run (a parked VTL) makes the vCPU
 //! that runs in its place exit with `KVM_EXIT_EVENT_NOTIFY` as soon as it has an event it would
-//! take (an interrupt above its processor priority, whatever its RFLAGS.IF says, or an NMI).
+//! take: an interrupt in its local APIC above its processor priority (TPR and in-service
+//! interrupts, an expired APIC timer included; RFLAGS.IF and interrupt shadows are not
+//! considered), an NMI, SMI, INIT or SIPI, a PIC or Xen interrupt, or an event KVM was in the
+//! middle of injecting (api.rst 4.146).
 //!
 //! The notification is one-shot: arm it each time the vCPU is parked. Arming checks for an
-//! event already pending, so nothing that arrived while the VMM was switching vCPUs is lost:
+//! event already pending, so nothing that arrived while the VMM was switching vCPUs is lost.
+//! Arm only a vCPU that is not running (not in `KVM_RUN` on another thread): the notification
+//! would still fire, spuriously.
 //!
 //! ```no_run
 //! # fn f(vtl0: &kvm_ioctls::VcpuFd, vtl1: &kvm_ioctls::VcpuFd) -> vtlkit_uapi::Result<()> {
@@ -122,23 +127,36 @@ impl VcpuEventNotifyExt for VcpuFd {
     }
 }
 
+// kvm-bindings' `kvm_run` (6.12) and the series' (`raw`, generated from uapi/include) are one
+// structure: the same size, alignment and exit union; the series only adds members to the union.
+const _: () = {
+    use std::mem::{align_of, offset_of, size_of};
+    assert!(size_of::<kvm_run>() == size_of::<raw::kvm_run>());
+    assert!(align_of::<kvm_run>() == align_of::<raw::kvm_run>());
+    assert!(offset_of!(kvm_run, exit_reason) == offset_of!(raw::kvm_run, exit_reason));
+    assert!(offset_of!(kvm_run, __bindgen_anon_1) == offset_of!(raw::kvm_run, __bindgen_anon_1));
+};
+
+/// `run` as the series' header lays out `struct kvm_run`.
+fn series_kvm_run(run: &kvm_run) -> &raw::kvm_run {
+    // SAFETY: the two types have the same size and alignment and the same layout up to and
+    // including the exit union (asserted above; both are bindgen's rendering of `struct kvm_run`,
+    // the series' adding union members only); every member is plain old data, so any
+    // initialized bytes are a valid value, and the reference borrows `run`.
+    unsafe { &*std::ptr::from_ref(run).cast::<raw::kvm_run>() }
+}
+
 /// If `run` holds a `KVM_EXIT_EVENT_NOTIFY` exit, the vcpu_id of the vCPU that fired it.
 /// (kvm-ioctls reports this exit reason as `VcpuExit::Unsupported(40)`; kvm-bindings' `kvm_run`
-/// has no member for it, so the payload is read from the exit union's first bytes, where the
-/// series' `event_notify` struct starts with `vcpu_id`.)
+/// has no member for it, so it is read through the series' `kvm_run`, whose exit union has the
+/// `event_notify` member.)
 pub fn event_notify_exit(run: &kvm_run) -> Option<u32> {
+    let run = series_kvm_run(run);
     if run.exit_reason != raw::KVM_EXIT_EVENT_NOTIFY {
         return None;
     }
-    // SAFETY: every member of kvm_run's exit union is plain old data, and `padding` covers the
-    // whole union; reading bytes is always valid.
-    let bytes = unsafe { run.__bindgen_anon_1.padding };
-    Some(u32::from_ne_bytes([
-        bytes[0] as u8,
-        bytes[1] as u8,
-        bytes[2] as u8,
-        bytes[3] as u8,
-    ]))
+    // SAFETY: `exit_reason` says `event_notify` is the live member; it is two integers.
+    Some(unsafe { run.__bindgen_anon_1.event_notify }.vcpu_id)
 }
 
 #[cfg(test)]
@@ -150,10 +168,16 @@ mod tests {
         let mut run = kvm_run::default();
         assert_eq!(event_notify_exit(&run), None);
         run.exit_reason = raw::KVM_EXIT_EVENT_NOTIFY;
-        let id = 7u32.to_ne_bytes().map(|b| b as libc::c_char);
-        // SAFETY: writing plain bytes into the union's padding member.
-        unsafe { run.__bindgen_anon_1.padding[..4].copy_from_slice(&id) };
+        // Where the header puts event_notify.vcpu_id, written as plain bytes.
+        let off = std::mem::offset_of!(raw::kvm_run, __bindgen_anon_1.event_notify.vcpu_id);
+        let base = std::ptr::from_mut(&mut run).cast::<u8>();
+        // SAFETY: `off + 4` is inside `run` (the union is 256 bytes); kvm_run is plain old data.
+        unsafe {
+            std::ptr::copy_nonoverlapping(7u32.to_ne_bytes().as_ptr(), base.add(off), 4);
+        }
         assert_eq!(event_notify_exit(&run), Some(7));
+        run.exit_reason = raw::KVM_EXIT_EVENT_NOTIFY - 1;
+        assert_eq!(event_notify_exit(&run), None);
     }
 
     #[test]

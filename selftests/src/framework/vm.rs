@@ -1050,12 +1050,7 @@ impl RunShared {
 
 /// The signal used to kick a vCPU thread out of KVM_RUN (the handler does nothing; the point
 /// is that KVM_RUN returns EINTR).
-const KICK: Signal = Signal::SIGUSR1;
-
-/// [`KICK`] as a signal number.
-pub(crate) fn kick_signal() -> libc::c_int {
-    KICK as libc::c_int
-}
+pub(crate) const KICK: Signal = Signal::SIGUSR1;
 
 extern "C" fn kick_handler(_: libc::c_int) {}
 

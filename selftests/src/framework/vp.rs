@@ -68,8 +68,7 @@
 //! go through `KVM_SIGNAL_MSI`), so no thread waits for a running guest.
 
 use std::collections::VecDeque;
-use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd, IntoRawFd};
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -77,19 +76,19 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use kvm_bindings::{kvm_debugregs, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave};
-use kvm_ioctls::VmFd;
+use kvm_ioctls::{VcpuFd, VmFd};
+use nix::sys::pthread::pthread_kill;
 use vtlkit_uapi::vtl::{
-    set_hcall_result, Env, GuestMemory, HcallExit, MemoryError, MsiDelivery, NoProtections,
-    NoSiblings, NotifyOutcome, Outcome, Partition, PartitionConfig, VtlVcpu,
+    set_hcall_result, AsVcpuFd, Env, GuestMemory, HcallExit, MemoryError, MsiDelivery,
+    NoProtections, NoSiblings, NotifyOutcome, Outcome, Partition, PartitionConfig,
 };
 use vtlkit_uapi::ApicGroup;
 
 use crate::guest::{self, pcpu, vsm, Entry};
 use crate::hyperv::{self, control, Hypercall, Step};
 use crate::vm::{
-    install_kick_handler, kick_signal, layout, run_once_raw, GuestMem, Step as RunStep, TestVm,
-    Ucall, Vcpu, VmOptions,
+    install_kick_handler, layout, run_once_raw, GuestMem, Step as RunStep, TestVm, Ucall, Vcpu,
+    VmOptions, KICK,
 };
 
 /// VTLs per VP: VTL0 and VTL1, as Hyper-V has them.
@@ -125,69 +124,17 @@ pub const MAX_ROUNDS: u64 = vsm_layout::BLOCKS_PER_VP_BYTES / vsm::block::SIZE;
 // ---------------------------------------------------------------------------------------------
 // The uapi crate's traits for the framework's types.
 
-fn vcpu_err(e: kvm_ioctls::Error) -> io::Error {
-    io::Error::from_raw_os_error(e.errno())
-}
-
 /// A sibling vCPU as the state machine sees it: the framework's [`Vcpu`] (whose index selects
-/// its stack and data page), delegating to its fd.
-impl VtlVcpu for Vcpu {
-    fn get_regs(&self) -> io::Result<kvm_regs> {
-        self.fd.get_regs().map_err(vcpu_err)
+/// its stack and data page); the uapi crate implements [`VtlVcpu`] for it on its fd.
+impl AsVcpuFd for Vcpu {
+    fn vcpu_fd(&self) -> &VcpuFd {
+        &self.fd
     }
-    fn set_regs(&self, regs: &kvm_regs) -> io::Result<()> {
-        self.fd.set_regs(regs).map_err(vcpu_err)
+    fn vcpu_fd_mut(&mut self) -> &mut VcpuFd {
+        &mut self.fd
     }
-    fn get_sregs(&self) -> io::Result<kvm_sregs> {
-        self.fd.get_sregs().map_err(vcpu_err)
-    }
-    fn set_sregs(&self, sregs: &kvm_sregs) -> io::Result<()> {
-        self.fd.set_sregs(sregs).map_err(vcpu_err)
-    }
-    fn get_xsave(&self) -> io::Result<kvm_xsave> {
-        VtlVcpu::get_xsave(&self.fd)
-    }
-    fn set_xsave(&self, xsave: &kvm_xsave) -> io::Result<()> {
-        VtlVcpu::set_xsave(&self.fd, xsave)
-    }
-    fn get_debugregs(&self) -> io::Result<kvm_debugregs> {
-        VtlVcpu::get_debugregs(&self.fd)
-    }
-    fn set_debugregs(&self, dregs: &kvm_debugregs) -> io::Result<()> {
-        VtlVcpu::set_debugregs(&self.fd, dregs)
-    }
-    fn get_xcrs(&self) -> io::Result<kvm_xcrs> {
-        VtlVcpu::get_xcrs(&self.fd)
-    }
-    fn set_xcrs(&self, xcrs: &kvm_xcrs) -> io::Result<()> {
-        VtlVcpu::set_xcrs(&self.fd, xcrs)
-    }
-    fn get_msr(&self, index: u32) -> io::Result<u64> {
-        VtlVcpu::get_msr(&self.fd, index)
-    }
-    fn set_msr(&self, index: u32, value: u64) -> io::Result<()> {
-        VtlVcpu::set_msr(&self.fd, index, value)
-    }
-    fn get_vcpu_events(&self) -> io::Result<kvm_vcpu_events> {
-        self.fd.get_vcpu_events().map_err(vcpu_err)
-    }
-    fn set_vcpu_events(&self, events: &kvm_vcpu_events) -> io::Result<()> {
-        self.fd.set_vcpu_events(events).map_err(vcpu_err)
-    }
-    fn complete_pending(&mut self) -> io::Result<()> {
-        VtlVcpu::complete_pending(&mut self.fd)
-    }
-    fn set_pending_result(&mut self, result: u64) -> io::Result<()> {
-        VtlVcpu::set_pending_result(&mut self.fd, result)
-    }
-    fn vcpu_id(&self) -> Option<u32> {
+    fn known_vcpu_id(&self) -> Option<u32> {
         u32::try_from(self.id).ok()
-    }
-    fn set_event_notify(&self, target: Option<u32>) -> io::Result<()> {
-        VtlVcpu::set_event_notify(&self.fd, target)
-    }
-    fn event_pending(&self) -> io::Result<bool> {
-        VtlVcpu::event_pending(&self.fd)
     }
 }
 
@@ -395,7 +342,13 @@ impl VsmVm {
             vtlkit_uapi::notify::enable_event_notify(&vm.fd)
                 .context("KVM_ENABLE_CAP(KVM_CAP_VCPU_EVENT_NOTIFY)")?;
         }
-        let config = PartitionConfig::default();
+        let config = PartitionConfig {
+            apic_groups: vtlkit_uapi::apic_groups_supported(&vm.kvm),
+            ..Default::default()
+        };
+        config
+            .validate()
+            .context("the partition's configuration for this kernel")?;
         for vtl in 0..VTLS {
             for vp in 0..vps {
                 let id = u64::from(vtl) * u64::from(vps) + u64::from(vp);
@@ -434,6 +387,18 @@ impl VsmVm {
             unhandled: None,
             notify,
         })
+    }
+
+    /// Put VP `vp`'s VTL `vtl` sibling back in the MP state KVM created it in,
+    /// `KVM_MP_STATE_UNINITIALIZED` (not the BSP, in-kernel LAPIC), undoing what
+    /// [`TestVm::add_vcpu`] does for every vCPU: as a VMM that leaves the MP state alone has
+    /// it. The state machine must make it runnable when the guest enables the VTL.
+    pub fn leave_uninitialized(&self, vp: u32, vtl: u8) -> Result<()> {
+        let v = self.vm.vcpu(self.index(vp, vtl))?;
+        v.fd.set_mp_state(kvm_bindings::kvm_mp_state {
+            mp_state: kvm_bindings::KVM_MP_STATE_UNINITIALIZED,
+        })
+        .map_err(|e| anyhow!("KVM_SET_MP_STATE(UNINITIALIZED) on vCPU {}: {e}", v.id))
     }
 
     /// The [`TestVm`] index (= vcpu_id) of VP `vp`'s VTL `vtl` sibling.
@@ -541,7 +506,8 @@ impl VsmVm {
     /// Hand every vCPU to a [`Partition`] and run one thread per VP.
     pub fn start(&mut self) -> Result<VpRunning> {
         install_kick_handler();
-        let mut partition = Partition::new(self.config.clone());
+        let mut partition =
+            Partition::new(self.config.clone()).context("the partition's configuration")?;
         for vp in 0..self.vps {
             let mut take = |vtl: u8| -> Result<Sibling> {
                 let i = self.index(vp, vtl);
@@ -568,15 +534,15 @@ impl VsmVm {
                 .context("Partition::enable_event_notify")?;
         }
         // A second VmFd on the same VM for the threads' KVM_SIGNAL_MSI.
-        // SAFETY: dup() of a live fd we own; the result is checked and handed to
-        // create_vmfd_from_rawfd, which takes ownership of it (closed when the VmFd drops).
-        let raw = unsafe { libc::dup(self.vm.fd.as_raw_fd()) };
-        if raw < 0 {
-            bail!("dup of the VM fd: {}", io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a valid, owned duplicate of a KVM VM fd.
+        // SAFETY: the VM fd is open for as long as `self.vm` lives, which outlasts this borrow.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(self.vm.fd.as_raw_fd()) };
+        let dup = borrowed
+            .try_clone_to_owned()
+            .context("duplicating the VM fd")?;
+        // SAFETY: `dup` is a valid KVM VM fd that we own; create_vmfd_from_rawfd takes that
+        // ownership over (the fd is closed when the VmFd drops).
         let vmfd = Arc::new(
-            unsafe { self.vm.kvm.create_vmfd_from_rawfd(raw) }
+            unsafe { self.vm.kvm.create_vmfd_from_rawfd(dup.into_raw_fd()) }
                 .map_err(|e| anyhow!("a second VmFd: {e}"))?,
         );
         let shared = Arc::new(VpShared {
@@ -616,6 +582,12 @@ pub fn enable_partition_vtl(vtl: u8) -> Hypercall {
 
 // ---------------------------------------------------------------------------------------------
 // Running.
+
+/// The cross-VTL IPI path: the test VM does not enable `KVM_CAP_X2APIC_API` (APIC IDs are VP
+/// indexes, below [`MAX_VPS`]), so the MSIs carry xAPIC destination IDs.
+fn delivery(vmfd: &VmFd) -> MsiDelivery<'_> {
+    MsiDelivery::new(vmfd, false)
+}
 
 /// What the VP runner did with one hypercall exit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -737,7 +709,7 @@ fn vp_loop(
             RunStep::EventNotify(notifier) => {
                 let ev = {
                     let mut p = lock(&sh.partition);
-                    let delivery = MsiDelivery(vmfd);
+                    let delivery = delivery(vmfd);
                     let (mut protections, mut siblings) = (NoProtections, NoSiblings);
                     let mut env = Env {
                         memory: &**mem,
@@ -777,7 +749,7 @@ fn answer(
     let code = exit.control.code();
     let outcome = {
         let mut p = lock(&sh.partition);
-        let delivery = MsiDelivery(vmfd);
+        let delivery = delivery(vmfd);
         let (mut protections, mut siblings) = (NoProtections, NoSiblings);
         let mut env = Env {
             memory: &**mem,
@@ -901,9 +873,9 @@ impl VpRunning {
                 if Instant::now() >= deadline {
                     bail!("VP {vp} did not leave KVM_RUN within 10 s of being kicked");
                 }
-                // SAFETY: the pthread_t belongs to a thread we spawned and have not joined, so
-                // it is valid; the signal's handler is installed and does nothing.
-                unsafe { libc::pthread_kill(handle.as_pthread_t(), kick_signal()) };
+                // The thread is ours and not joined yet, so its pthread_t is valid; the kick
+                // signal's handler is installed and does nothing.
+                let _ = pthread_kill(handle.as_pthread_t(), KICK);
                 std::thread::sleep(Duration::from_millis(2));
             }
             if handle.join().is_err() {

@@ -9,7 +9,7 @@ use crate::{check, check_eq};
 pub const TESTS: &[Test] = &[
     Test {
         name: "kernel_is_patched",
-        about: "the booted kernel was built from the vtlkit series (v2: KVM_CAP_APIC_GROUPS can be enabled)",
+        about: "the booted kernel was built from the vtlkit series (v5: APIC groups can be enabled; VSM forwarding, event notification and VTL protections are offered)",
         run: kernel_is_patched,
     },
     Test {
@@ -45,6 +45,27 @@ fn kernel_is_patched() -> TestResult {
             e.errno()
         )
     })?;
+    // The later patches: Hyper-V VSM forwarding (v3), event notification (v4) and per-VTL
+    // memory protections (v5). The tests of each feature fail, not skip, on a kernel
+    // without it; this test says at once which part of the series is missing.
+    let later = [
+        ("KVM_CAP_HYPERV_VSM", vtlkit_uapi::raw::KVM_CAP_HYPERV_VSM),
+        (
+            "KVM_CAP_VCPU_EVENT_NOTIFY",
+            vtlkit_uapi::raw::KVM_CAP_VCPU_EVENT_NOTIFY,
+        ),
+        (
+            "KVM_CAP_VTL_PROTECTIONS",
+            vtlkit_uapi::raw::KVM_CAP_VTL_PROTECTIONS,
+        ),
+    ];
+    for (name, cap) in later {
+        let r = kvm.check_extension_raw(libc::c_ulong::from(cap));
+        check!(
+            r == 1,
+            "KVM_CHECK_EXTENSION({name}={cap}) = {r}: the kernel predates that part of the series"
+        );
+    }
     Ok(Outcome::Pass)
 }
 

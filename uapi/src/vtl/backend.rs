@@ -6,8 +6,9 @@ use std::io;
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{
-    kvm_debugregs, kvm_msi, kvm_msr_entry, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs,
-    kvm_xsave, Msrs,
+    kvm_debugregs, kvm_mp_state, kvm_msi, kvm_msr_entry, kvm_regs, kvm_sregs, kvm_vcpu_events,
+    kvm_xcrs, kvm_xsave, Msrs, KVM_MP_STATE_HALTED, KVM_MP_STATE_INIT_RECEIVED,
+    KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_SIPI_RECEIVED, KVM_MP_STATE_UNINITIALIZED,
 };
 use kvm_ioctls::{VcpuFd, VmFd};
 
@@ -18,6 +19,9 @@ use super::hv::HvStatus;
 /// Errors are host-side failures (an ioctl failed); the state machine turns them into
 /// [`super::VtlError::Vcpu`], except where a value that came from the guest was refused with
 /// [`io::ErrorKind::InvalidInput`] (`EINVAL`), which becomes a TLFS status instead.
+///
+/// A VMM whose vCPU type wraps a kvm-ioctls `VcpuFd` implements [`AsVcpuFd`] instead and gets
+/// this trait from the blanket implementation.
 pub trait VtlVcpu {
     /// `KVM_GET_REGS`.
     fn get_regs(&self) -> io::Result<kvm_regs>;
@@ -47,11 +51,26 @@ pub trait VtlVcpu {
     fn get_vcpu_events(&self) -> io::Result<kvm_vcpu_events>;
     /// `KVM_SET_VCPU_EVENTS`.
     fn set_vcpu_events(&self, events: &kvm_vcpu_events) -> io::Result<()>;
+    /// `KVM_GET_MP_STATE`: `KVM_MP_STATE_RUNNABLE`, `KVM_MP_STATE_UNINITIALIZED`, ...
+    fn get_mp_state(&self) -> io::Result<u32>;
+    /// `KVM_SET_MP_STATE`.
+    fn set_mp_state(&self, mp_state: u32) -> io::Result<()>;
+    /// `KVM_SET_MP_STATE(KVM_MP_STATE_RUNNABLE)`. With an in-kernel local APIC, KVM creates
+    /// every vCPU whose vcpu_id is not the BSP's in `KVM_MP_STATE_UNINITIALIZED`, where
+    /// `KVM_RUN` waits for INIT/SIPI; a sibling never gets those (the TLFS starts an enabled
+    /// VTL with its initial context), so `HvCallEnableVpVtl` makes it runnable with this.
+    fn make_runnable(&self) -> io::Result<()> {
+        self.set_mp_state(KVM_MP_STATE_RUNNABLE)
+    }
     /// Finish the completion of the hypercall this vCPU exited on, without entering the guest
     /// (`KVM_RUN` with `immediate_exit`): KVM advances RIP past the hypercall instruction (and,
     /// except for VtlCall/VtlReturn, writes `hcall.result` to RAX). A no-op when nothing is
     /// pending. Needed before the state machine rewrites the RIP of a parked vCPU, which the
     /// pending completion would otherwise move again.
+    ///
+    /// Fails (doing nothing) unless the vCPU is runnable or halted: for a vCPU in
+    /// `KVM_MP_STATE_UNINITIALIZED` (or waiting for a SIPI), KVM returns `EINTR` before it runs
+    /// the completion, which would look like success ([`completion_blocker`]).
     fn complete_pending(&mut self) -> io::Result<()>;
     /// Write `result` into the HCALL exit this vCPU is parked in (`hyperv.u.hcall.result` in
     /// its `kvm_run`), which KVM hands to the guest when it completes the hypercall. KVM writes
@@ -89,6 +108,39 @@ pub trait VtlVcpu {
     }
 }
 
+/// A VMM's vCPU type that holds a kvm-ioctls `VcpuFd`: [`VtlVcpu`] comes with it, every
+/// operation on that fd (and event notification through [`crate::notify`]).
+///
+/// ```
+/// # use kvm_ioctls::VcpuFd;
+/// struct MyVcpu { id: u32, fd: VcpuFd }
+/// impl vtlkit_uapi::vtl::AsVcpuFd for MyVcpu {
+///     fn vcpu_fd(&self) -> &VcpuFd { &self.fd }
+///     fn vcpu_fd_mut(&mut self) -> &mut VcpuFd { &mut self.fd }
+///     fn known_vcpu_id(&self) -> Option<u32> { Some(self.id) }
+/// }
+/// ```
+pub trait AsVcpuFd {
+    /// The vCPU fd.
+    fn vcpu_fd(&self) -> &VcpuFd;
+    /// The vCPU fd, mutably (`KVM_RUN` and `kvm_run` need it).
+    fn vcpu_fd_mut(&mut self) -> &mut VcpuFd;
+    /// The vcpu_id the fd was created with, if the type knows it ([`VtlVcpu::vcpu_id`]).
+    fn known_vcpu_id(&self) -> Option<u32> {
+        None
+    }
+}
+
+/// A bare `VcpuFd` (its vcpu_id is unknown).
+impl AsVcpuFd for VcpuFd {
+    fn vcpu_fd(&self) -> &VcpuFd {
+        self
+    }
+    fn vcpu_fd_mut(&mut self) -> &mut VcpuFd {
+        self
+    }
+}
+
 fn notify_err(e: crate::Error) -> io::Error {
     io::Error::from_raw_os_error(e.errno())
 }
@@ -97,43 +149,77 @@ fn errno(e: kvm_ioctls::Error) -> io::Error {
     io::Error::from_raw_os_error(e.errno())
 }
 
-impl VtlVcpu for VcpuFd {
+/// Why `KVM_RUN` with `immediate_exit` would not run a vCPU's pending hypercall completion in
+/// MP state `mp_state`, or `None` if it would. KVM checks for `KVM_MP_STATE_UNINITIALIZED`
+/// (x86.c, `kvm_arch_vcpu_ioctl_run`) before it runs `complete_userspace_io`, and returns
+/// `EINTR` at once when `immediate_exit` is set; a vCPU that received INIT or waits for a SIPI
+/// was reset by it, so its completion is meaningless as well. Runnable and halted vCPUs
+/// complete.
+pub fn completion_blocker(mp_state: u32) -> Option<&'static str> {
+    match mp_state {
+        KVM_MP_STATE_RUNNABLE | KVM_MP_STATE_HALTED => None,
+        KVM_MP_STATE_UNINITIALIZED => Some("KVM_MP_STATE_UNINITIALIZED (waiting for INIT/SIPI)"),
+        KVM_MP_STATE_INIT_RECEIVED => Some("KVM_MP_STATE_INIT_RECEIVED (reset by an INIT)"),
+        KVM_MP_STATE_SIPI_RECEIVED => Some("KVM_MP_STATE_SIPI_RECEIVED"),
+        _ => Some("an MP state other than runnable or halted"),
+    }
+}
+
+/// [`VtlVcpu::complete_pending`] with `KVM_RUN(immediate_exit)` as `run`: checks `mp_state`
+/// first ([`completion_blocker`]), then treats `EINTR` (KVM ran the completion, then honoured
+/// `immediate_exit`) and a plain exit (the completion itself asked for one, e.g. single-step)
+/// as done.
+pub(super) fn complete_with(mp_state: u32, run: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
+    if let Some(why) = completion_blocker(mp_state) {
+        return Err(io::Error::other(format!(
+            "the vCPU is in {why}: KVM_RUN would return EINTR without completing its pending \
+             hypercall; make it runnable (KVM_SET_MP_STATE) first"
+        )));
+    }
+    match run() {
+        Err(e) if e.raw_os_error() == Some(libc::EINTR) => Ok(()),
+        r => r,
+    }
+}
+
+impl<T: AsVcpuFd> VtlVcpu for T {
     fn get_regs(&self) -> io::Result<kvm_regs> {
-        VcpuFd::get_regs(self).map_err(errno)
+        self.vcpu_fd().get_regs().map_err(errno)
     }
     fn set_regs(&self, regs: &kvm_regs) -> io::Result<()> {
-        VcpuFd::set_regs(self, regs).map_err(errno)
+        self.vcpu_fd().set_regs(regs).map_err(errno)
     }
     fn get_sregs(&self) -> io::Result<kvm_sregs> {
-        VcpuFd::get_sregs(self).map_err(errno)
+        self.vcpu_fd().get_sregs().map_err(errno)
     }
     fn set_sregs(&self, sregs: &kvm_sregs) -> io::Result<()> {
-        VcpuFd::set_sregs(self, sregs).map_err(errno)
+        self.vcpu_fd().set_sregs(sregs).map_err(errno)
     }
     fn get_xsave(&self) -> io::Result<kvm_xsave> {
-        VcpuFd::get_xsave(self).map_err(errno)
+        self.vcpu_fd().get_xsave().map_err(errno)
     }
     fn set_xsave(&self, xsave: &kvm_xsave) -> io::Result<()> {
+        let fd = self.vcpu_fd();
         // KVM_SET_XSAVE copies the vCPU's uABI XSAVE size from userspace, which is more than
         // size_of::<kvm_xsave>() only when the guest may use dynamic features (AMX). KVM_GET_XSAVE
         // fails with EINVAL exactly in that case, so a successful GET on this vCPU proves the
         // kernel will read no more than the 4096 bytes `xsave` holds.
-        VcpuFd::get_xsave(self).map_err(errno)?;
+        fd.get_xsave().map_err(errno)?;
         // SAFETY: see above: the kernel reads at most size_of::<kvm_xsave>() bytes from the live
         // reference `xsave`.
-        unsafe { VcpuFd::set_xsave(self, xsave) }.map_err(errno)
+        unsafe { fd.set_xsave(xsave) }.map_err(errno)
     }
     fn get_debugregs(&self) -> io::Result<kvm_debugregs> {
-        VcpuFd::get_debug_regs(self).map_err(errno)
+        self.vcpu_fd().get_debug_regs().map_err(errno)
     }
     fn set_debugregs(&self, dregs: &kvm_debugregs) -> io::Result<()> {
-        VcpuFd::set_debug_regs(self, dregs).map_err(errno)
+        self.vcpu_fd().set_debug_regs(dregs).map_err(errno)
     }
     fn get_xcrs(&self) -> io::Result<kvm_xcrs> {
-        VcpuFd::get_xcrs(self).map_err(errno)
+        self.vcpu_fd().get_xcrs().map_err(errno)
     }
     fn set_xcrs(&self, xcrs: &kvm_xcrs) -> io::Result<()> {
-        VcpuFd::set_xcrs(self, xcrs).map_err(errno)
+        self.vcpu_fd().set_xcrs(xcrs).map_err(errno)
     }
     fn get_msr(&self, index: u32) -> io::Result<u64> {
         let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
@@ -141,7 +227,7 @@ impl VtlVcpu for VcpuFd {
             ..Default::default()
         }])
         .map_err(|e| io::Error::other(format!("{e:?}")))?;
-        let n = VcpuFd::get_msrs(self, &mut msrs).map_err(errno)?;
+        let n = self.vcpu_fd().get_msrs(&mut msrs).map_err(errno)?;
         match msrs.as_slice().first() {
             Some(e) if n == 1 => Ok(e.data),
             _ => Err(io::Error::new(
@@ -157,7 +243,7 @@ impl VtlVcpu for VcpuFd {
             ..Default::default()
         }])
         .map_err(|e| io::Error::other(format!("{e:?}")))?;
-        match VcpuFd::set_msrs(self, &msrs).map_err(errno)? {
+        match self.vcpu_fd().set_msrs(&msrs).map_err(errno)? {
             1 => Ok(()),
             _ => Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -166,39 +252,48 @@ impl VtlVcpu for VcpuFd {
         }
     }
     fn get_vcpu_events(&self) -> io::Result<kvm_vcpu_events> {
-        VcpuFd::get_vcpu_events(self).map_err(errno)
+        self.vcpu_fd().get_vcpu_events().map_err(errno)
     }
     fn set_vcpu_events(&self, events: &kvm_vcpu_events) -> io::Result<()> {
-        VcpuFd::set_vcpu_events(self, events).map_err(errno)
+        self.vcpu_fd().set_vcpu_events(events).map_err(errno)
+    }
+    fn get_mp_state(&self) -> io::Result<u32> {
+        Ok(self.vcpu_fd().get_mp_state().map_err(errno)?.mp_state)
+    }
+    fn set_mp_state(&self, mp_state: u32) -> io::Result<()> {
+        self.vcpu_fd()
+            .set_mp_state(kvm_mp_state { mp_state })
+            .map_err(errno)
     }
     fn complete_pending(&mut self) -> io::Result<()> {
-        self.set_kvm_immediate_exit(1);
-        let r = self.run().map(|_| ()).map_err(errno);
-        self.set_kvm_immediate_exit(0);
-        match r {
-            // KVM ran the pending completion, then honoured immediate_exit.
-            Err(e) if e.raw_os_error() == Some(libc::EINTR) => Ok(()),
-            // The completion itself asked for an exit (e.g. single-step debugging): the
-            // completion is done all the same.
-            Ok(()) => Ok(()),
-            Err(e) => Err(e),
-        }
+        let mp_state = VtlVcpu::get_mp_state(self)?;
+        let fd = self.vcpu_fd_mut();
+        complete_with(mp_state, || {
+            fd.set_kvm_immediate_exit(1);
+            let r = fd.run().map(|_| ()).map_err(errno);
+            fd.set_kvm_immediate_exit(0);
+            r
+        })
     }
     fn set_pending_result(&mut self, result: u64) -> io::Result<()> {
-        super::exit::set_hcall_result(self.get_kvm_run(), result);
+        super::exit::set_hcall_result(self.vcpu_fd_mut().get_kvm_run(), result);
         Ok(())
+    }
+    fn vcpu_id(&self) -> Option<u32> {
+        self.known_vcpu_id()
     }
     fn set_event_notify(&self, target: Option<u32>) -> io::Result<()> {
         use crate::notify::VcpuEventNotifyExt;
+        let fd = self.vcpu_fd();
         match target {
-            Some(t) => self.arm_event_notify(t),
-            None => self.disarm_event_notify(),
+            Some(t) => fd.arm_event_notify(t),
+            None => fd.disarm_event_notify(),
         }
         .map_err(notify_err)
     }
     fn event_pending(&self) -> io::Result<bool> {
         use crate::notify::VcpuEventNotifyExt;
-        Ok(self.event_notify().map_err(notify_err)?.pending)
+        Ok(self.vcpu_fd().event_notify().map_err(notify_err)?.pending)
     }
 }
 
@@ -250,6 +345,12 @@ impl<T: VtlVcpu> VtlVcpu for Arc<Mutex<T>> {
     fn set_vcpu_events(&self, events: &kvm_vcpu_events) -> io::Result<()> {
         self.lock().map_err(|_| poisoned())?.set_vcpu_events(events)
     }
+    fn get_mp_state(&self) -> io::Result<u32> {
+        self.lock().map_err(|_| poisoned())?.get_mp_state()
+    }
+    fn set_mp_state(&self, mp_state: u32) -> io::Result<()> {
+        self.lock().map_err(|_| poisoned())?.set_mp_state(mp_state)
+    }
     fn complete_pending(&mut self) -> io::Result<()> {
         self.lock().map_err(|_| poisoned())?.complete_pending()
     }
@@ -294,16 +395,57 @@ pub trait GuestMemory {
 pub trait Delivery {
     /// Deliver fixed interrupt `vector` (edge) to the vCPU with guest-visible APIC ID `apic_id`
     /// in APIC group `group`.
+    ///
+    /// [`io::ErrorKind::InvalidInput`] means this destination cannot be addressed (e.g.
+    /// [`ApicIdOutOfRange`]): not a host failure, the guest's IPI gets
+    /// `HV_STATUS_INVALID_PARAMETER`. Any other error is a host failure
+    /// ([`super::VtlError::Delivery`]).
     fn deliver_fixed(&self, group: u32, apic_id: u32, vector: u8) -> io::Result<()>;
 }
 
-/// [`Delivery`] through `KVM_SIGNAL_MSI` with the series' `KVM_MSI_VALID_APIC_GROUP`
-/// ([`crate::msi_to_group`]): physical destination mode, fixed, edge. APIC IDs above 255 go in
-/// `address_hi` bits 31:8, which KVM reads when the VMM enabled `KVM_CAP_X2APIC_API`.
-#[derive(Debug, Clone, Copy)]
-pub struct MsiDelivery<'a>(pub &'a VmFd);
+/// [`MsiDelivery`] refused an APIC ID above 255 on a VM without 32-bit x2APIC IDs in MSIs: KVM
+/// would ignore `address_hi` and deliver to `apic_id & 0xff`, another VP. Carried in an
+/// [`io::ErrorKind::InvalidInput`] error ([`io::Error::get_ref`] and `downcast_ref` get it
+/// back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "APIC ID {apic_id} does not fit an xAPIC MSI; KVM would deliver it to APIC ID {} \
+     (enable KVM_CAP_X2APIC_API with KVM_X2APIC_API_USE_32BIT_IDS)",
+    apic_id & 0xff
+)]
+pub struct ApicIdOutOfRange {
+    /// The APIC ID asked for.
+    pub apic_id: u32,
+}
 
-/// The `KVM_SIGNAL_MSI` payload [`MsiDelivery`] sends (exposed for VMMs and tests).
+/// [`Delivery`] through `KVM_SIGNAL_MSI` with the series' `KVM_MSI_VALID_APIC_GROUP`
+/// ([`crate::msi_to_group`]): physical destination mode, fixed, edge ([`fixed_msi`]).
+///
+/// * APIC IDs above 255 go in `address_hi` bits 31:8, which KVM reads only when the VMM enabled
+///   `KVM_CAP_X2APIC_API` with `KVM_X2APIC_API_USE_32BIT_IDS`; tell [`MsiDelivery::new`]
+///   whether it did. Without it, such an ID is refused with [`ApicIdOutOfRange`] (the guest's
+///   IPI gets `HV_STATUS_INVALID_PARAMETER`) instead of reaching another VP.
+/// * `KVM_SIGNAL_MSI` naming a group returns how many vCPUs took the interrupt. 0 means no
+///   vCPU of the group has the APIC ID: the state machine only delivers to VPs whose target
+///   VTL is enabled, so this is the VMM's misconfiguration (a sibling in another group or with
+///   another APIC ID), not the guest's. It is logged (`log::warn!`) and not an error: the
+///   guest's IPI still succeeds, as an IPI to an absent APIC does on hardware.
+#[derive(Debug, Clone, Copy)]
+pub struct MsiDelivery<'a> {
+    vm: &'a VmFd,
+    x2apic_ids: bool,
+}
+
+impl<'a> MsiDelivery<'a> {
+    /// Delivery on `vm`; `x2apic_ids`: the VMM enabled `KVM_CAP_X2APIC_API` with
+    /// `KVM_X2APIC_API_USE_32BIT_IDS` on it, so APIC IDs above 255 can be addressed.
+    pub fn new(vm: &'a VmFd, x2apic_ids: bool) -> Self {
+        Self { vm, x2apic_ids }
+    }
+}
+
+/// The `KVM_SIGNAL_MSI` payload [`MsiDelivery`] sends (exposed for VMMs and tests). The APIC
+/// ID's bits 31:8 go in `address_hi`, which only a VM with 32-bit x2APIC IDs reads.
 pub fn fixed_msi(group: u32, apic_id: u32, vector: u8) -> kvm_msi {
     let msi = kvm_msi {
         address_lo: 0xFEE0_0000 | ((apic_id & 0xff) << 12),
@@ -314,12 +456,36 @@ pub fn fixed_msi(group: u32, apic_id: u32, vector: u8) -> kvm_msi {
     crate::msi_to_group(msi, group)
 }
 
+/// [`MsiDelivery::deliver_fixed`] with `KVM_SIGNAL_MSI` as `signal` (its return value: the
+/// number of vCPUs that took the MSI).
+pub(super) fn deliver_msi(
+    x2apic_ids: bool,
+    group: u32,
+    apic_id: u32,
+    vector: u8,
+    signal: impl FnOnce(kvm_msi) -> io::Result<i32>,
+) -> io::Result<()> {
+    if apic_id > 0xff && !x2apic_ids {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            ApicIdOutOfRange { apic_id },
+        ));
+    }
+    let taken = signal(fixed_msi(group, apic_id, vector))?;
+    if taken == 0 {
+        log::warn!(
+            "KVM_SIGNAL_MSI of vector {vector:#x} to APIC ID {apic_id} in group {group}: no vCPU \
+             took it (no vCPU with that APIC ID in the group?)"
+        );
+    }
+    Ok(())
+}
+
 impl Delivery for MsiDelivery<'_> {
     fn deliver_fixed(&self, group: u32, apic_id: u32, vector: u8) -> io::Result<()> {
-        self.0
-            .signal_msi(fixed_msi(group, apic_id, vector))
-            .map(|_| ())
-            .map_err(errno)
+        deliver_msi(self.x2apic_ids, group, apic_id, vector, |msi| {
+            self.vm.signal_msi(msi).map_err(errno)
+        })
     }
 }
 
@@ -390,6 +556,9 @@ impl Protections for NoProtections {
 /// A KVM implementation creates a vCPU (a new vcpu_id), assigns it
 /// `ApicGroup { group, apic_id, vtl }` with [`crate::VcpuApicGroupExt::set_apic_group`], gives it
 /// the VP's CPUID and writes `HV_X64_MSR_VP_INDEX` = `vp_index` with a host `KVM_SET_MSRS`.
+/// It need not touch the MP state: a vCPU whose vcpu_id is not the BSP's starts in
+/// `KVM_MP_STATE_UNINITIALIZED` (in-kernel LAPIC), and `HvCallEnableVpVtl` makes the sibling
+/// runnable ([`VtlVcpu::make_runnable`]) when it gives it its initial context.
 pub trait SiblingFactory<V> {
     /// The new vCPU, or `None` if the VMM cannot provide one (the guest then gets
     /// `HV_STATUS_NO_RESOURCES`).

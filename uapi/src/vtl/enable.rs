@@ -122,7 +122,7 @@ impl<V: VtlVcpu> Partition<V> {
     }
 }
 
-/// Give a sibling the TLFS initial context. KVM validates the control registers, EFER and PAT:
+/// Give a sibling the TLFS initial context and make it runnable. KVM validates the control registers, EFER and PAT:
 /// what it refuses is the guest's mistake, `HV_STATUS_INVALID_PARAMETER`, and the sibling stays
 /// disabled (the state written so far is overwritten by a later successful enable).
 fn apply_initial_context<V: VtlVcpu>(
@@ -160,5 +160,15 @@ fn apply_initial_context<V: VtlVcpu>(
     r.rip = ctx.rip;
     r.rsp = ctx.rsp;
     r.rflags = ctx.rflags;
-    vcpu_op("KVM_SET_REGS", vp_index, vtl, vcpu.set_regs(&r)).map_err(Fail::Vmm)
+    vcpu_op("KVM_SET_REGS", vp_index, vtl, vcpu.set_regs(&r))?;
+    // TLFS: the enabled VTL is runnable with its initial context. KVM created the sibling in
+    // KVM_MP_STATE_UNINITIALIZED (not the BSP, in-kernel LAPIC): its KVM_RUN would wait for
+    // INIT/SIPI, and KVM_RUN(immediate_exit) would not complete its hypercalls.
+    vcpu_op(
+        "KVM_SET_MP_STATE(RUNNABLE)",
+        vp_index,
+        vtl,
+        vcpu.make_runnable(),
+    )
+    .map_err(Fail::Vmm)
 }

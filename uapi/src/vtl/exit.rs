@@ -82,10 +82,18 @@ impl HcallExit {
 /// false (and writes nothing) if `run` does not hold an HCALL exit.
 pub fn set_hcall_result(run: &mut kvm_run, result: u64) -> bool {
     if run.exit_reason != KVM_EXIT_HYPERV {
+        log::debug!(
+            "hypercall result {result:#x} not written: kvm_run holds exit {}, not KVM_EXIT_HYPERV",
+            run.exit_reason
+        );
         return false;
     }
     let e = hyperv_exit_mut(run);
     if e.type_ != raw::KVM_EXIT_HYPERV_HCALL {
+        log::debug!(
+            "hypercall result {result:#x} not written: kvm_run holds Hyper-V exit type {}, not HCALL",
+            e.type_
+        );
         return false;
     }
     // Writing a Copy field of a union is safe; `type_` says the hcall arm is the live one.

@@ -325,6 +325,8 @@ pub const VSM_PARTITION_CONFIG_SUPPORTED: u64 = 0x7f;
 pub const VSM_PARTITION_CONFIG_ENABLE_VTL_PROTECTION: u64 = 1;
 /// HvRegisterVsmVpSecureConfigVtlN: MbecEnabled (0), TlbLocked (1).
 pub const VSM_VP_SECURE_CONFIG_SUPPORTED: u64 = 0x3;
+/// HvRegisterVsmCapabilities.Dr6Shared (bit 0).
+pub const VSM_CAPABILITIES_DR6_SHARED: u64 = 1;
 /// HvRegisterVsmCapabilities.MbecVtlMask: bits 16:1.
 pub fn capabilities_mbec_vtl_mask(caps: u64) -> u16 {
     ((caps >> 1) & 0xffff) as u16

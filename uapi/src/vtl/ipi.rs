@@ -72,23 +72,52 @@ impl<V: VtlVcpu> Partition<V> {
                 v
             }
         };
+        let vector = vector as u8;
+        let mut unreachable = false;
         for vp_index in targets {
             // VPs that do not exist, or do not run the target VTL, have no one to deliver to.
             let Some(vp) = self.vps.get(&vp_index) else {
+                log::trace!(
+                    "VP {} VTL {}: IPI {vector:#x} to VP {vp_index} skipped: no such VP",
+                    call.vp_index,
+                    call.vtl
+                );
                 continue;
             };
             if !vp.is_enabled(target) {
+                log::trace!(
+                    "VP {} VTL {}: IPI {vector:#x} to VP {vp_index} skipped: VTL {target} is not enabled there",
+                    call.vp_index,
+                    call.vtl
+                );
                 continue;
             }
-            let vector = vector as u8;
-            env.delivery
-                .deliver_fixed(group, vp.apic_id, vector)
-                .map_err(|source| VtlError::Delivery {
-                    group,
-                    apic_id: vp.apic_id,
-                    vector,
-                    source,
-                })?;
+            match env.delivery.deliver_fixed(group, vp.apic_id, vector) {
+                Ok(()) => {}
+                // This VP cannot be addressed (an APIC ID the MSI format cannot carry): the
+                // others still get it, the guest learns of it from the status.
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+                    log::warn!(
+                        "VP {} VTL {}: IPI {vector:#x} to VP {vp_index} (APIC ID {}, group {group}) not delivered: {e}",
+                        call.vp_index,
+                        call.vtl,
+                        vp.apic_id
+                    );
+                    unreachable = true;
+                }
+                Err(source) => {
+                    return Err(VtlError::Delivery {
+                        group,
+                        apic_id: vp.apic_id,
+                        vector,
+                        source,
+                    }
+                    .into())
+                }
+            }
+        }
+        if unreachable {
+            return Err(HvStatus::INVALID_PARAMETER.into());
         }
         Ok(())
     }

@@ -22,7 +22,12 @@
 //! * KVM is reached only through the [`VtlVcpu`], [`GuestMemory`], [`Delivery`],
 //!   [`Protections`] and [`SiblingFactory`] traits, so the logic runs without `/dev/kvm`.
 //!   [`VtlVcpu`] is implemented for kvm-ioctls' `VcpuFd` (and `Arc<Mutex<_>>` of one), and
-//!   [`MsiDelivery`] delivers with `KVM_SIGNAL_MSI` naming the group.
+//!   [`MsiDelivery`] delivers with `KVM_SIGNAL_MSI` naming the group (told whether the VM has
+//!   32-bit x2APIC IDs in MSIs).
+//!
+//! Decisions the guest does not see as a status (a #UD, an IPI target skipped, an assist page
+//! that could not be read or written, a result with no HCALL exit to go to) are logged through
+//! the `log` crate at debug or trace level; a `KVM_SIGNAL_MSI` nobody took at warn level.
 //!
 //! Guest mistakes never become errors or panics: a malformed hypercall gets its TLFS status
 //! (or, for a VtlCall/VtlReturn the TLFS says faults, a #UD). [`VtlError`] is only for the VMM's
@@ -48,14 +53,15 @@
 //! vtlkit_uapi::enable_hyperv_vsm(&vm)?;
 //! // ... irqchip, KVM_CAP_APIC_GROUPS, memory, and VP 0's VTL0 vCPU in group 0 ...
 //! let vtl0: VcpuFd = vm.create_vcpu(0)?;
-//! let mut partition = Partition::new(PartitionConfig::default()); // max VTL 1, group = VTL
+//! let mut partition = Partition::new(PartitionConfig::default())?; // max VTL 1, group = VTL
 //! partition.add_vp(0, 0, vtl0)?;
 //! // ... and VTL1's sibling (vcpu_id 1, group 1, APIC ID 0, VP index 0), before the guest
 //! // enables VTL1 (or hand the Env a SiblingFactory that creates it on demand).
 //! partition.add_sibling(0, 1, vm.create_vcpu(1)?)?;
 //!
 //! let ram = Ram;
-//! let delivery = MsiDelivery(&vm);
+//! // No KVM_CAP_X2APIC_API here: APIC IDs above 255 cannot be addressed, and are refused.
+//! let delivery = MsiDelivery::new(&vm, false);
 //! let (mut protections, mut siblings) = (NoProtections, NoSiblings);
 //! loop {
 //!     let vp = partition.vp_mut(0).expect("VP 0 exists");
@@ -121,6 +127,8 @@
 //! | unknown register name | `HV_STATUS_INVALID_PARAMETER`; writing a read-only one: `HV_STATUS_ACCESS_DENIED` |
 //! | VsmPartitionConfig intercept bits, clearing EnableVtlProtection, VsmVpSecureConfig bits other than MbecEnabled (with MBEC) and TlbLocked | `HV_STATUS_INVALID_REGISTER_VALUE` |
 //! | cross-VTL IPI to a higher VTL | `HV_STATUS_ACCESS_DENIED`; to a VTL not enabled in the partition: `HV_STATUS_INVALID_PARAMETER`; VPs of the set that do not exist or lack the VTL are skipped |
+//! | a VP of an IPI's set that [`Delivery`] cannot address ([`io::ErrorKind::InvalidInput`](std::io::ErrorKind::InvalidInput), e.g. APIC ID > 255 without x2APIC MSIs: [`ApicIdOutOfRange`]) | the other VPs still get it; the call answers `HV_STATUS_INVALID_PARAMETER` |
+//! | `KVM_SIGNAL_MSI` reports that no vCPU took the IPI ([`MsiDelivery`]) | `log::warn!` (the VMM's misconfiguration); the guest's call succeeds |
 //! | VP set format other than SPARSE_4K/ALL | `HV_STATUS_INVALID_PARAMETER`; variable header size != banks in the mask: `HV_STATUS_INVALID_HYPERCALL_INPUT` |
 //! | ModifyVtlProtectionMask with [`NoProtections`] | `HV_STATUS_INVALID_HYPERCALL_CODE`, no rep done |
 //! | an interrupt for a higher VTL than the active one (with [`Partition::enable_event_notify`]) | the running sibling exits (`KVM_EXIT_EVENT_NOTIFY`); [`Partition::handle_event_notify`] enters the highest VTL with an event pending, entry reason Interrupt (2), shared registers carried as for a VtlCall; the interrupted VTL gets no completion and no result |
@@ -129,7 +137,8 @@
 //! | a notification that finds no higher VTL with an event (taken or withdrawn since) | [`NotifyOutcome::Resume`]: re-armed, same vCPU runs on |
 //!
 //! State that is not carried: the shared MSRs (MTRRs, VP_INDEX, ...) are set identically on all
-//! siblings by the VMM when it creates them; DR6 is private (VsmCapabilities.Dr6Shared = 0).
+//! siblings by the VMM when it creates them; DR6 is private (VsmCapabilities.Dr6Shared = 0,
+//! which [`Partition::new`] enforces: [`ConfigError::Dr6Shared`]).
 
 mod backend;
 mod enable;
@@ -146,8 +155,9 @@ mod wake;
 use std::collections::BTreeMap;
 
 pub use backend::{
-    fixed_msi, Delivery, Env, GuestMemory, MemoryError, MsiDelivery, NoProtections, NoSiblings,
-    ProtectionRequest, Protections, RepStatus, SiblingFactory, VtlVcpu,
+    completion_blocker, fixed_msi, ApicIdOutOfRange, AsVcpuFd, Delivery, Env, GuestMemory,
+    MemoryError, MsiDelivery, NoProtections, NoSiblings, ProtectionRequest, Protections, RepStatus,
+    SiblingFactory, VtlVcpu,
 };
 pub use exit::{set_hcall_result, HcallExit};
 pub use hv::{Control, HvStatus, InitialVpContext, InputVtl};
@@ -266,14 +276,20 @@ pub enum Outcome {
     NotHandled,
 }
 
-/// Static configuration of a [`Partition`].
+/// Static configuration of a [`Partition`], checked by [`Partition::new`] ([`ConfigError`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionConfig {
-    /// Highest VTL the guest may enable (HvRegisterVsmPartitionStatus.MaximumVtl); at most 15.
+    /// Highest VTL the guest may enable (HvRegisterVsmPartitionStatus.MaximumVtl); at most 15
+    /// (and at most the VTL label KVM stores, [`crate::MAX_VTL`]).
     pub max_vtl: u8,
-    /// The APIC group of each VTL's siblings.
+    /// The APIC group of each VTL's siblings: one group per VTL (0..=`max_vtl`), each below
+    /// `apic_groups`; the entries above `max_vtl` are not used.
     pub vtl_groups: [u32; NUM_VTLS],
+    /// How many APIC groups the kernel offers (`KVM_CHECK_EXTENSION(KVM_CAP_APIC_GROUPS)`,
+    /// [`crate::apic_groups_supported`]); default 16, the series' count.
+    pub apic_groups: u32,
     /// HvRegisterVsmCapabilities as the guest reads it (default 0: DR6 private, no MBEC).
+    /// Dr6Shared (bit 0) cannot be offered: the VTL switch keeps DR6 private.
     pub vsm_capabilities: u64,
     /// HvRegisterVsmCodePageOffsets (VtlCall offset 11:0, VtlReturn offset 23:12 in the
     /// hypercall page), 0 unless the VMM writes those stubs into the hypercall page.
@@ -290,9 +306,80 @@ impl Default for PartitionConfig {
         Self {
             max_vtl: 1,
             vtl_groups,
+            apic_groups: DEFAULT_APIC_GROUPS,
             vsm_capabilities: 0,
             code_page_offsets: 0,
         }
+    }
+}
+
+/// APIC groups the series offers (`KVM_CAP_APIC_GROUPS`): [`PartitionConfig::apic_groups`]'s
+/// default.
+pub const DEFAULT_APIC_GROUPS: u32 = 16;
+
+/// A [`PartitionConfig`] that [`Partition::new`] refuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// `max_vtl` is above 15 (the TLFS) or above the VTL label KVM stores.
+    #[error("max_vtl {max_vtl} is above {limit}, the highest VTL there is")]
+    MaxVtl {
+        /// The configured value.
+        max_vtl: u8,
+        /// The highest allowed.
+        limit: u8,
+    },
+    /// Two VTLs share an APIC group: their interrupts and IPIs would not be kept apart.
+    #[error("VTLs {low} and {high} share APIC group {group}; each VTL needs a group of its own")]
+    SharedGroup {
+        /// The lower VTL.
+        low: u8,
+        /// The higher VTL.
+        high: u8,
+        /// The group.
+        group: u32,
+    },
+    /// A VTL's group is not one the kernel offers.
+    #[error("VTL {vtl} is in APIC group {group}, but KVM offers groups 0..{groups}")]
+    GroupOutOfRange {
+        /// The VTL.
+        vtl: u8,
+        /// Its group.
+        group: u32,
+        /// [`PartitionConfig::apic_groups`].
+        groups: u32,
+    },
+    /// `vsm_capabilities` advertises Dr6Shared, but the VTL switch keeps DR6 private.
+    #[error("vsm_capabilities advertises Dr6Shared, but the VTL switch keeps DR6 private")]
+    Dr6Shared,
+}
+
+impl PartitionConfig {
+    /// Check the configuration ([`ConfigError`]); [`Partition::new`] does.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let limit = crate::MAX_VTL.min(NUM_VTLS as u8 - 1);
+        if self.max_vtl > limit {
+            return Err(ConfigError::MaxVtl {
+                max_vtl: self.max_vtl,
+                limit,
+            });
+        }
+        for high in 0..=self.max_vtl {
+            let group = self.vtl_groups[usize::from(high)];
+            if group >= self.apic_groups {
+                return Err(ConfigError::GroupOutOfRange {
+                    vtl: high,
+                    group,
+                    groups: self.apic_groups,
+                });
+            }
+            if let Some(low) = (0..high).find(|&l| self.vtl_groups[usize::from(l)] == group) {
+                return Err(ConfigError::SharedGroup { low, high, group });
+            }
+        }
+        if self.vsm_capabilities & hv::VSM_CAPABILITIES_DR6_SHARED != 0 {
+            return Err(ConfigError::Dr6Shared);
+        }
+        Ok(())
     }
 }
 
@@ -426,17 +513,18 @@ pub struct Partition<V> {
 }
 
 impl<V: VtlVcpu> Partition<V> {
-    /// A partition with only VTL0 enabled and no VP yet. `max_vtl` is clamped to 15.
-    pub fn new(mut config: PartitionConfig) -> Self {
-        config.max_vtl = config.max_vtl.min(15);
-        Self {
+    /// A partition with only VTL0 enabled and no VP yet, if `config` holds together
+    /// ([`PartitionConfig::validate`]).
+    pub fn new(config: PartitionConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(Self {
             config,
             enabled: 1,
             mbec_enabled: 0,
             vsm_config: [0; NUM_VTLS],
             vps: BTreeMap::new(),
             notify: false,
-        }
+        })
     }
 
     /// The configuration.
@@ -455,7 +543,10 @@ impl<V: VtlVcpu> Partition<V> {
     }
 
     /// Register VP `vp_index`'s sibling for VTL `vtl` (1..=max) before the guest enables that
-    /// VTL: it stays idle until `HvCallEnableVpVtl` gives it its initial context.
+    /// VTL: it stays idle until `HvCallEnableVpVtl` gives it its initial context and makes it
+    /// runnable ([`VtlVcpu::make_runnable`]). The VMM need not set its MP state: with an
+    /// in-kernel LAPIC it starts in `KVM_MP_STATE_UNINITIALIZED` (its vcpu_id is not the
+    /// BSP's), where a `KVM_RUN` would wait for an INIT/SIPI that never comes.
     pub fn add_sibling(&mut self, vp_index: u32, vtl: u8, vcpu: V) -> Result<(), VtlError> {
         if vtl == 0 || vtl > self.config.max_vtl {
             return Err(VtlError::BadVtl(vtl));

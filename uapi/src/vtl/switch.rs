@@ -30,7 +30,11 @@ impl<V: VtlVcpu> Partition<V> {
         // there must be a higher VTL enabled on this VP; otherwise #UD.
         let target = match vp.next_higher(vtl) {
             Some(t) if control.0 == u64::from(hv::code::VTL_CALL) && regs.rax == 0 => t,
-            _ => return self.inject_ud(vp_index, vtl, &regs),
+            Some(_) if control.0 != u64::from(hv::code::VTL_CALL) => {
+                return self.inject_ud(vp_index, vtl, &regs, "VtlCall with control bits set")
+            }
+            Some(_) => return self.inject_ud(vp_index, vtl, &regs, "VtlCall with RAX != 0"),
+            None => return self.inject_ud(vp_index, vtl, &regs, "VtlCall with no higher VTL"),
         };
         let vp = self.vp_mut_ref(vp_index)?;
         let next = carry_shared(vp, vp_index, vtl, target, &regs)?;
@@ -61,7 +65,13 @@ impl<V: VtlVcpu> Partition<V> {
         // call code are reserved; the lowest enabled VTL cannot return; otherwise #UD.
         let target = match vp.return_target(vtl) {
             Some(t) if control.0 == u64::from(hv::code::VTL_RETURN) && regs.rax & !1 == 0 => t,
-            _ => return self.inject_ud(vp_index, vtl, &regs),
+            Some(_) if control.0 != u64::from(hv::code::VTL_RETURN) => {
+                return self.inject_ud(vp_index, vtl, &regs, "VtlReturn with control bits set")
+            }
+            Some(_) => {
+                return self.inject_ud(vp_index, vtl, &regs, "VtlReturn with RAX bits other than 0")
+            }
+            None => return self.inject_ud(vp_index, vtl, &regs, "VtlReturn from the lowest VTL"),
         };
         let fast = regs.rax & 1 != 0;
         let vp = self.vp_mut_ref(vp_index)?;
@@ -71,10 +81,21 @@ impl<V: VtlVcpu> Partition<V> {
             let caller = sibling(vp, vtl)?;
             if let Some(page) = assist_page(caller, vp_index, vtl)? {
                 let mut b = [0u8; 16];
-                if env.memory.read(page + assist::RET_RAX, &mut b).is_ok() {
-                    next.rax = u64::from_le_bytes(hv::arr(&b[0..8]));
-                    next.rcx = u64::from_le_bytes(hv::arr(&b[8..16]));
+                match env.memory.read(page + assist::RET_RAX, &mut b) {
+                    Ok(()) => {
+                        next.rax = u64::from_le_bytes(hv::arr(&b[0..8]));
+                        next.rcx = u64::from_le_bytes(hv::arr(&b[8..16]));
+                    }
+                    Err(e) => log::debug!(
+                        "VP {vp_index}: VtlReturn from VTL {vtl}: RAX/RCX not restored, its VP \
+                         assist page is not readable ({e})"
+                    ),
                 }
+            } else {
+                log::trace!(
+                    "VP {vp_index}: VtlReturn from VTL {vtl}: RAX/RCX not restored, it has no VP \
+                     assist page"
+                );
             }
         }
         let dst = sibling(vp, target)?;
@@ -96,7 +117,13 @@ impl<V: VtlVcpu> Partition<V> {
         vp_index: u32,
         vtl: u8,
         before: &kvm_regs,
+        why: &str,
     ) -> Result<Outcome, VtlError> {
+        log::debug!(
+            "VP {vp_index} VTL {vtl}: #UD at RIP {:#x}: {why} (RAX {:#x})",
+            before.rip,
+            before.rax
+        );
         let vp = self.vp_mut_ref(vp_index)?;
         let vcpu = vp.vcpus[usize::from(vtl)]
             .as_mut()
@@ -249,10 +276,21 @@ pub(super) fn write_entry_reason<V: VtlVcpu>(
     env: &Env<'_, V>,
     reason: u32,
 ) -> Result<(), VtlError> {
-    if let Some(page) = assist_page(vcpu, vp_index, vtl)? {
-        let _ = env
-            .memory
-            .write(page + assist::ENTRY_REASON, &reason.to_le_bytes());
+    match assist_page(vcpu, vp_index, vtl)? {
+        Some(page) => {
+            if let Err(e) = env
+                .memory
+                .write(page + assist::ENTRY_REASON, &reason.to_le_bytes())
+            {
+                log::debug!(
+                    "VP {vp_index}: entry reason {reason} not written for VTL {vtl}: its VP \
+                     assist page is not writable ({e})"
+                );
+            }
+        }
+        None => log::trace!(
+            "VP {vp_index}: entry reason {reason} not written for VTL {vtl}: it has no VP assist page"
+        ),
     }
     Ok(())
 }

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0-only OR Apache-2.0
-//! The state machine against mocks: no `/dev/kvm` needed.
+//! The state machine against mocks: no `/dev/kvm` needed. Tests marked `test_log::test` show
+//! the state machine's `log` output on failure (`RUST_LOG=trace cargo test -p vtlkit-uapi`).
 
 #![allow(clippy::unwrap_used)]
 
@@ -41,6 +42,9 @@ struct State {
     /// `KVM_SET_EVENT_NOTIFY` calls, in order (target or None for a disarm).
     notify_log: Vec<Option<u32>>,
     refuse_notify: bool,
+    /// `KVM_GET_MP_STATE`: RUNNABLE for the mocks made by default (a BSP, or a vCPU the VMM
+    /// started); siblings start UNINITIALIZED as KVM creates them (not the BSP, in-kernel LAPIC).
+    mp_state: u32,
 }
 
 impl Default for State {
@@ -81,6 +85,7 @@ impl Default for State {
             event: false,
             notify_log: Vec::new(),
             refuse_notify: false,
+            mp_state: kvm_bindings::KVM_MP_STATE_RUNNABLE,
         }
     }
 }
@@ -90,6 +95,12 @@ impl Default for State {
 struct MockVcpu(Rc<RefCell<State>>);
 
 impl MockVcpu {
+    /// A sibling as KVM creates it: `KVM_MP_STATE_UNINITIALIZED`.
+    fn sibling() -> Self {
+        let v = Self::default();
+        v.st().mp_state = kvm_bindings::KVM_MP_STATE_UNINITIALIZED;
+        v
+    }
     fn st(&self) -> std::cell::RefMut<'_, State> {
         self.0.borrow_mut()
     }
@@ -167,19 +178,31 @@ impl VtlVcpu for MockVcpu {
         self.st().events = *events;
         Ok(())
     }
-    fn complete_pending(&mut self) -> io::Result<()> {
-        let mut s = self.st();
-        if s.pending {
-            // vmcall/vmmcall are 3 bytes; for 0x11/0x12 KVM writes RAX only when the result is
-            // a failure status (series v3, api.rst); these mocks only park in 0x11/0x12.
-            s.regs.rip += 3;
-            if s.hcall_result & 0xffff != 0 {
-                s.regs.rax = s.hcall_result;
-            }
-            s.pending = false;
-            s.completions += 1;
-        }
+    fn get_mp_state(&self) -> io::Result<u32> {
+        Ok(self.st().mp_state)
+    }
+    fn set_mp_state(&self, mp_state: u32) -> io::Result<()> {
+        self.st().mp_state = mp_state;
         Ok(())
+    }
+    fn complete_pending(&mut self) -> io::Result<()> {
+        let mp_state = self.st().mp_state;
+        // The VcpuFd implementation's logic, with KVM_RUN(immediate_exit) mocked: an
+        // UNINITIALIZED vCPU would get EINTR without its completion.
+        super::backend::complete_with(mp_state, || {
+            let mut s = self.st();
+            if s.pending {
+                // vmcall/vmmcall are 3 bytes; for 0x11/0x12 KVM writes RAX only when the result
+                // is a failure status (series v3, api.rst); these mocks only park in 0x11/0x12.
+                s.regs.rip += 3;
+                if s.hcall_result & 0xffff != 0 {
+                    s.regs.rax = s.hcall_result;
+                }
+                s.pending = false;
+                s.completions += 1;
+            }
+            Err(io::Error::from_raw_os_error(libc::EINTR))
+        })
     }
     fn set_pending_result(&mut self, result: u64) -> io::Result<()> {
         self.st().hcall_result = result;
@@ -252,13 +275,18 @@ impl GuestMemory for Ram {
     }
 }
 
+/// Delivery as [`MsiDelivery`] does it, with `KVM_SIGNAL_MSI` recording (group, APIC ID,
+/// vector). `.1`: the VM has no 32-bit x2APIC IDs in MSIs.
 #[derive(Default)]
-struct Sent(RefCell<Vec<(u32, u32, u8)>>);
+struct Sent(RefCell<Vec<(u32, u32, u8)>>, std::cell::Cell<bool>);
 
 impl Delivery for Sent {
     fn deliver_fixed(&self, group: u32, apic_id: u32, vector: u8) -> io::Result<()> {
-        self.0.borrow_mut().push((group, apic_id, vector));
-        Ok(())
+        super::backend::deliver_msi(!self.1.get(), group, apic_id, vector, |msi| {
+            assert_eq!(msi, fixed_msi(group, apic_id, vector));
+            self.0.borrow_mut().push((group, apic_id, vector));
+            Ok(1)
+        })
     }
 }
 
@@ -300,6 +328,8 @@ impl Protections for Prot {
 #[derive(Default)]
 struct Factory {
     made: Vec<(u32, u32, u8, u32)>,
+    /// The test's handles on the vCPUs made.
+    created: Vec<MockVcpu>,
     refuse: bool,
 }
 
@@ -315,7 +345,9 @@ impl SiblingFactory<MockVcpu> for Factory {
             return Ok(None);
         }
         self.made.push((vp_index, apic_id, vtl, group));
-        Ok(Some(MockVcpu::default()))
+        let v = MockVcpu::sibling();
+        self.created.push(v.clone());
+        Ok(Some(v))
     }
 }
 
@@ -344,7 +376,7 @@ impl World {
 
     fn with(config: PartitionConfig) -> Self {
         let mut w = World {
-            p: Partition::new(config),
+            p: Partition::new(config).unwrap(),
             ram: Ram::new(),
             sent: Sent::default(),
             prot: Prot::default(),
@@ -357,7 +389,7 @@ impl World {
             v0.st().id = Some(vp);
             w.p.add_vp(vp, apic, v0.clone()).unwrap();
             w.v.insert((vp, 0), v0);
-            let v1 = MockVcpu::default();
+            let v1 = MockVcpu::sibling();
             v1.st().id = Some(0x10 + vp);
             w.p.add_sibling(vp, 1, v1.clone()).unwrap();
             w.v.insert((vp, 1), v1);
@@ -373,6 +405,14 @@ impl World {
     fn call(&mut self, vp: u32, exit: HcallExit) -> Result<Outcome, VtlError> {
         let vtl = self.p.vp(vp).unwrap().active_vtl();
         if let Some(v) = self.v.get(&(vp, vtl)) {
+            // KVM_RUN of a vCPU that is not runnable waits for INIT/SIPI: it never gets to make
+            // a hypercall (a VMM following the run loop would hang here).
+            let mp = v.st().mp_state;
+            assert_eq!(
+                mp,
+                kvm_bindings::KVM_MP_STATE_RUNNABLE,
+                "VP {vp} VTL {vtl} is active but in MP state {mp}: its KVM_RUN would block"
+            );
             v.exited();
         }
         let mut none = NoProtections;
@@ -735,6 +775,91 @@ fn enable_vp_vtl_creates_missing_siblings() {
 }
 
 #[test]
+fn enable_vp_vtl_makes_the_sibling_runnable() {
+    use kvm_bindings::{KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED};
+    let mut w = World::new();
+    let v1 = w.vcpu(0, 1);
+    assert_eq!(v1.st().mp_state, KVM_MP_STATE_UNINITIALIZED);
+    assert_eq!(w.enable_partition(0, 1), HvStatus::SUCCESS);
+    // A context KVM refuses leaves the sibling as it was: disabled, not runnable.
+    v1.st().refuse_sregs = true;
+    assert_eq!(w.enable_vp(0, 0, 1, &ctx1()), HvStatus::INVALID_PARAMETER);
+    assert_eq!(v1.st().mp_state, KVM_MP_STATE_UNINITIALIZED);
+    v1.st().refuse_sregs = false;
+    // A registered sibling: runnable with its initial context, so its first KVM_RUN (the
+    // VtlCall below) runs it rather than waiting for INIT/SIPI.
+    assert_eq!(w.enable_vp(0, 0, 1, &ctx1()), HvStatus::SUCCESS);
+    assert_eq!(v1.st().mp_state, KVM_MP_STATE_RUNNABLE);
+    assert_eq!(
+        w.call(0, vtl_call()).unwrap(),
+        Outcome::Switched { from: 0, to: 1 }
+    );
+    // A sibling the factory creates on demand likewise (VTL1 enables it: it runs already).
+    w.p.add_vp(5, 10, MockVcpu::default()).unwrap();
+    assert_eq!(w.enable_vp(0, 5, 1, &ctx1()), HvStatus::SUCCESS);
+    let made = w.factory.created[0].clone();
+    assert_eq!(made.st().mp_state, KVM_MP_STATE_RUNNABLE);
+    assert_eq!(made.st().regs.rip, 0x7000);
+}
+
+#[test]
+fn complete_pending_refuses_a_vcpu_kvm_would_not_complete() {
+    use kvm_bindings::{
+        KVM_MP_STATE_HALTED, KVM_MP_STATE_INIT_RECEIVED, KVM_MP_STATE_RUNNABLE,
+        KVM_MP_STATE_UNINITIALIZED,
+    };
+    let eintr = || Err(io::Error::from_raw_os_error(libc::EINTR));
+    // KVM_RUN(immediate_exit) says EINTR both after running the completion and, for an
+    // UNINITIALIZED vCPU, before it: only the MP state tells them apart.
+    for mp in [KVM_MP_STATE_UNINITIALIZED, KVM_MP_STATE_INIT_RECEIVED] {
+        let mut ran = false;
+        let r = super::backend::complete_with(mp, || {
+            ran = true;
+            eintr()
+        });
+        let e = r.expect_err("no completion ran");
+        assert!(!ran, "KVM_RUN was not even tried");
+        assert!(e.to_string().contains("KVM_SET_MP_STATE"), "{e}");
+        assert!(completion_blocker(mp).is_some());
+    }
+    for mp in [KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_HALTED] {
+        super::backend::complete_with(mp, eintr).unwrap();
+        super::backend::complete_with(mp, || Ok(())).unwrap();
+        let e = super::backend::complete_with(mp, || Err(einval())).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
+    }
+}
+
+#[test_log::test]
+fn a_parked_vtl_reset_by_init_is_a_vmm_error_not_a_completion() {
+    // VTL1 sets the RIP of the parked VTL0, whose pending VtlCall completion must run first;
+    // an INIT reset VTL0 meanwhile: nothing can complete, and the state machine says so
+    // instead of writing RIP under a completion that never ran.
+    let mut w = World::new();
+    w.vtl1(false);
+    let v0 = w.vcpu(0, 0);
+    w.call(0, vtl_call()).unwrap();
+    v0.st().mp_state = kvm_bindings::KVM_MP_STATE_INIT_RECEIVED;
+    w.ram.put(IN, &set_input(0, VTL0, &[(reg::RIP, 0x3000)]));
+    let r = w.call(0, slow_rep(code::SET_VP_REGISTERS, 1, 0));
+    assert!(
+        matches!(
+            r,
+            Err(VtlError::Vcpu {
+                op: "KVM_RUN(immediate_exit)",
+                vp_index: 0,
+                vtl: 0,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    let s = v0.st();
+    assert_eq!((s.pending, s.completions), (true, 0));
+    assert_ne!(s.regs.rip, 0x3000);
+}
+
+#[test]
 fn vmm_mistakes_are_errors() {
     let mut w = World::new();
     let mut env_none = NoProtections;
@@ -915,7 +1040,7 @@ fn vtl_return_fast_keeps_the_shared_rax_rcx() {
     assert_eq!((a.regs.rax, a.regs.rcx), (1, u64::from(code::VTL_RETURN)));
 }
 
-#[test]
+#[test_log::test]
 fn disabled_assist_pages_are_left_alone() {
     let mut w = World::new();
     w.vtl1(false);
@@ -943,7 +1068,7 @@ fn disabled_assist_pages_are_left_alone() {
     );
 }
 
-#[test]
+#[test_log::test]
 fn round_trips_repeat() {
     let mut w = World::new();
     w.vtl1(false);
@@ -1028,7 +1153,7 @@ fn assert_ud(w: &mut World, vp: u32, vtl: u8, exit: HcallExit) {
     v.st().events = kvm_vcpu_events::default();
 }
 
-#[test]
+#[test_log::test]
 fn vtl_call_and_return_faults() {
     let mut w = World::new();
     w.vcpu(0, 0).st().regs.rip = 0x4444;
@@ -1559,6 +1684,61 @@ fn ipi_to_a_lower_vtl_goes_into_its_group() {
     assert_eq!(*w.sent.0.borrow(), vec![(1, 0, 0x32), (1, 2, 0x32)]);
 }
 
+#[test_log::test]
+fn ipi_to_an_apic_id_the_msi_cannot_carry_is_refused_not_misdelivered() {
+    let mut w = World::new();
+    // VP 5 has APIC ID 0x104: without 32-bit x2APIC IDs, KVM would deliver to APIC ID 4.
+    w.p.add_vp(5, 0x104, MockVcpu::default()).unwrap();
+    w.vtl1(false);
+    w.call(0, vtl_call()).unwrap();
+    w.sent.1.set(true);
+    w.ram
+        .put(IN, &ipi_ex_input(0x40, VTL0, hv::GENERIC_SET_ALL, 0, &[]));
+    // The others still get it; the guest learns that one VP was not reachable.
+    assert_eq!(w.st(0, ipi_ex(0)), HvStatus::INVALID_PARAMETER);
+    assert_eq!(*w.sent.0.borrow(), vec![(0, 0, 0x40), (0, 2, 0x40)]);
+    w.sent.0.borrow_mut().clear();
+    // With x2APIC IDs, address_hi carries it.
+    w.sent.1.set(false);
+    assert_eq!(w.st(0, ipi_ex(0)), HvStatus::SUCCESS);
+    assert_eq!(
+        *w.sent.0.borrow(),
+        vec![(0, 0, 0x40), (0, 2, 0x40), (0, 0x104, 0x40)]
+    );
+}
+
+#[test_log::test]
+fn msi_delivery_checks_the_apic_id_and_tolerates_no_taker() {
+    use super::backend::deliver_msi;
+    // Above 255 without x2APIC IDs: refused before KVM_SIGNAL_MSI, with a typed error.
+    let e = deliver_msi(false, 1, 0x123, 0x30, |_| panic!("must not be sent")).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+    let typed = e
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<ApicIdOutOfRange>());
+    assert_eq!(typed, Some(&ApicIdOutOfRange { apic_id: 0x123 }));
+    assert!(e.to_string().contains("APIC ID 35"), "{e}");
+    // 255 fits the xAPIC format; with x2APIC IDs anything goes (address_hi carries 31:8).
+    for (x2, id) in [(false, 0xff), (true, 0x123), (true, 0xff_ffff)] {
+        let mut seen = None;
+        deliver_msi(x2, 1, id, 0x30, |m| {
+            seen = Some(m);
+            Ok(1)
+        })
+        .unwrap();
+        let m = seen.unwrap();
+        assert_eq!(m.address_lo, 0xFEE0_0000 | ((id & 0xff) << 12));
+        assert_eq!(m.address_hi, id & !0xff);
+    }
+    // Nobody took it (0): logged, not an error; a host failure stays one.
+    deliver_msi(false, 1, 3, 0x30, |_| Ok(0)).unwrap();
+    let e = deliver_msi(false, 1, 3, 0x30, |_| {
+        Err(io::Error::from_raw_os_error(libc::EINVAL))
+    })
+    .unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
+}
+
 #[test]
 fn ipi_ex_all_and_sparse_sets() {
     let mut w = World::new();
@@ -1885,7 +2065,8 @@ fn fixed_msi_names_the_group() {
 #[allow(clippy::arc_with_non_send_sync)]
 fn arc_mutex_vcpus_work_too() {
     use std::sync::{Arc, Mutex};
-    let mut p: Partition<Arc<Mutex<MockVcpu>>> = Partition::new(PartitionConfig::default());
+    let mut p: Partition<Arc<Mutex<MockVcpu>>> =
+        Partition::new(PartitionConfig::default()).unwrap();
     let v0 = MockVcpu::default();
     let v1 = MockVcpu::default();
     p.add_vp(0, 0, Arc::new(Mutex::new(v0.clone()))).unwrap();
@@ -1918,7 +2099,7 @@ fn arc_mutex_vcpus_work_too() {
 // Whatever the guest puts in its registers and pages: a status, a switch or a #UD, never a
 // panic or a VMM error.
 
-#[test]
+#[test_log::test]
 fn random_hypercalls_never_panic_or_fail_the_vmm() {
     let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
     let mut rnd = move || {
@@ -2194,7 +2375,7 @@ fn notify_with_nothing_pending_rearms_and_resumes() {
     assert_eq!(armed(&w, 1), Some(0));
 }
 
-#[test]
+#[test_log::test]
 fn notify_highest_pending_vtl_wins_and_returns_to_the_interrupted_vtl() {
     let mut w = World::with(PartitionConfig {
         max_vtl: 2,
@@ -2247,7 +2428,7 @@ fn notify_highest_pending_vtl_wins_and_returns_to_the_interrupted_vtl() {
 fn notify_errors_are_typed() {
     // A sibling without a vcpu_id cannot be a target.
     let mut w = World::new();
-    let mut p = Partition::new(PartitionConfig::default());
+    let mut p = Partition::new(PartitionConfig::default()).unwrap();
     let anon = MockVcpu::default();
     p.add_vp(0, 0, anon).unwrap();
     let v1 = MockVcpu::default();
@@ -2289,4 +2470,76 @@ fn notify_errors_are_typed() {
         w.p.handle_event_notify(&mut env, 9, 0),
         Err(VtlError::UnknownVp(9))
     ));
+}
+
+#[test]
+fn partition_config_is_validated() {
+    let ok = PartitionConfig::default();
+    assert!(Partition::<MockVcpu>::new(ok.clone()).is_ok());
+    let err = |c: PartitionConfig| Partition::<MockVcpu>::new(c).err();
+    // max_vtl above 15 is refused, not clamped.
+    assert_eq!(
+        err(PartitionConfig {
+            max_vtl: 16,
+            ..ok.clone()
+        }),
+        Some(ConfigError::MaxVtl {
+            max_vtl: 16,
+            limit: 15
+        })
+    );
+    let full = PartitionConfig {
+        max_vtl: 15,
+        ..ok.clone()
+    };
+    assert!(Partition::<MockVcpu>::new(full.clone()).is_ok());
+    // Two VTLs in one group.
+    let mut shared = ok.clone();
+    shared.vtl_groups[1] = 0;
+    assert_eq!(
+        err(shared.clone()),
+        Some(ConfigError::SharedGroup {
+            low: 0,
+            high: 1,
+            group: 0
+        })
+    );
+    // ... only among the VTLs in use.
+    shared.vtl_groups[1] = 1;
+    shared.vtl_groups[5] = 0;
+    assert!(Partition::<MockVcpu>::new(shared).is_ok());
+    // A group the kernel does not offer.
+    let mut far = ok.clone();
+    far.vtl_groups[1] = 16;
+    assert_eq!(
+        err(far.clone()),
+        Some(ConfigError::GroupOutOfRange {
+            vtl: 1,
+            group: 16,
+            groups: 16
+        })
+    );
+    far.apic_groups = 17;
+    assert!(Partition::<MockVcpu>::new(far).is_ok());
+    let few = PartitionConfig {
+        apic_groups: 8,
+        ..full
+    };
+    assert!(matches!(
+        err(few),
+        Some(ConfigError::GroupOutOfRange { vtl: 8, .. })
+    ));
+    // DR6 is private in the switch: Dr6Shared cannot be advertised.
+    assert_eq!(
+        err(PartitionConfig {
+            vsm_capabilities: hv::VSM_CAPABILITIES_DR6_SHARED | (1 << 2),
+            ..ok.clone()
+        }),
+        Some(ConfigError::Dr6Shared)
+    );
+    assert!(Partition::<MockVcpu>::new(PartitionConfig {
+        vsm_capabilities: 1 << 2,
+        ..ok
+    })
+    .is_ok());
 }

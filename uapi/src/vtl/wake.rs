@@ -150,6 +150,10 @@ impl<V: VtlVcpu> Partition<V> {
             }
         }
         let Some(to) = winner else {
+            log::trace!(
+                "VP {vp_index}: event notification in VTL {vtl}, but no higher VTL has an event \
+                 pending any more: re-armed, VTL {vtl} resumes"
+            );
             apply_policy(notify, vp)?;
             return Ok(NotifyOutcome::Resume);
         };

@@ -451,8 +451,7 @@ fn runner(mut c: Ctx) -> (Vcpu, Vcpu, Result<()>) {
 }
 
 fn run_pair(c: &mut Ctx) -> Result<()> {
-    // SAFETY: pthread_self() has no preconditions.
-    let me = unsafe { libc::pthread_self() };
+    let me = nix::sys::pthread::pthread_self();
     let deadline = AtomicU64::new(0);
     let done = AtomicBool::new(false);
     let t0 = Instant::now();
@@ -466,14 +465,14 @@ fn run_pair(c: &mut Ctx) -> Result<()> {
 
 /// Kick the runner out of KVM_RUN once its deadline passed, every millisecond until it sets
 /// a new one (a kick between its check and KVM_RUN is lost, the next one is not).
-fn ticker(me: libc::pthread_t, deadline: &AtomicU64, done: &AtomicBool, t0: Instant) {
+fn ticker(me: nix::sys::pthread::Pthread, deadline: &AtomicU64, done: &AtomicBool, t0: Instant) {
     while !done.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(1));
         let d = deadline.load(Ordering::SeqCst);
         if d != 0 && t0.elapsed().as_nanos() as u64 >= d && !done.load(Ordering::SeqCst) {
-            // SAFETY: `me` is the runner thread, alive until `done` (the scope joins this
-            // thread before the runner returns); the kick handler does nothing.
-            unsafe { libc::pthread_kill(me, crate::vm::kick_signal()) };
+            // `me` is the runner thread, alive until `done` (the scope joins this thread
+            // before the runner returns); the kick handler does nothing.
+            let _ = nix::sys::pthread::pthread_kill(me, crate::vm::KICK);
         }
     }
 }

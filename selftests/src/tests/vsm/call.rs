@@ -173,3 +173,62 @@ pub(super) fn vsm_vtl_return_modes() -> TestResult {
     }
     Ok(Outcome::Pass)
 }
+
+/// A VTL1 sibling left in `KVM_MP_STATE_UNINITIALIZED`, as KVM creates it (the framework makes
+/// every vCPU runnable; this one is put back): EnableVpVtl makes it runnable, so the VtlCall
+/// enters it instead of blocking in KVM_RUN for an INIT/SIPI, and the round trip completes.
+pub(super) fn vsm_vtl1_sibling_starts_uninitialized() -> TestResult {
+    use kvm_bindings::{KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED};
+    require_vsm()?;
+    let mut vsm = VsmVm::new(1)?;
+    vsm.leave_uninitialized(VP, 1)?;
+    let v1 = vsm.index(VP, 1);
+    let mp = |vsm: &VsmVm| -> Result<u32> {
+        let v = vsm.vm.vcpu(v1)?;
+        Ok(v.fd
+            .get_mp_state()
+            .map_err(|e| anyhow::anyhow!("KVM_GET_MP_STATE on vCPU {}: {e}", v.id))?
+            .mp_state)
+    };
+    let before = mp(&vsm)?;
+    if before != KVM_MP_STATE_UNINITIALIZED {
+        bail!("the VTL1 sibling is in MP state {before} before the run, expected UNINITIALIZED ({KVM_MP_STATE_UNINITIALIZED})");
+    }
+    let r = Round::new(0x77, false);
+    vsm.write_round(VP, 0, &r)?;
+    let mut steps = enable_vtl1(&vsm);
+    steps.push(Step::VtlCall {
+        block: VsmVm::block_gpa(VP, 0),
+    });
+    let (running, loaded) = run(&mut vsm, steps)?;
+    let out = loaded.outcome(&vsm.vm.mem, STEP_ENABLE_VP)?;
+    if out.rax != status::SUCCESS {
+        bail!(
+            "HvCallEnableVpVtl(VP 0, VTL1) returned {:#x}, expected HV_STATUS_SUCCESS",
+            out.rax
+        );
+    }
+    let stopped = running.stop()?;
+    let mut f = round_failures(&vsm, 0, &r, &vsm.read_round(VP, 0)?);
+    let switches = stopped.switches(VP);
+    if switches != [(0, 1), (1, 0)] {
+        f.push_str(&format!(
+            "switches {switches:?}, expected [(0, 1), (1, 0)]\n"
+        ));
+    }
+    let sib = stopped.sibling(VP, 1)?;
+    let after = crate::vp::lock_sibling(&sib)
+        .fd
+        .get_mp_state()
+        .map_err(|e| anyhow::anyhow!("KVM_GET_MP_STATE on the VTL1 sibling: {e}"))?
+        .mp_state;
+    if after != KVM_MP_STATE_RUNNABLE {
+        f.push_str(&format!(
+            "the VTL1 sibling is in MP state {after} after the round trip, expected RUNNABLE\n"
+        ));
+    }
+    if !f.is_empty() {
+        bail!("{f}runner log: {:?}", stopped.events(VP));
+    }
+    Ok(Outcome::Pass)
+}

@@ -30,6 +30,11 @@ pub const TESTS: &[Test] = &[
         run: call::vsm_vtl_return_modes,
     },
     Test {
+        name: "vsm_vtl1_sibling_starts_uninitialized",
+        about: "a VTL1 sibling left in KVM_MP_STATE_UNINITIALIZED, as KVM creates it, is made runnable by HvCallEnableVpVtl: the VtlCall enters it (no wait for INIT/SIPI) and the round trip completes",
+        run: call::vsm_vtl1_sibling_starts_uninitialized,
+    },
+    Test {
         name: "vsm_ipi_lower_to_higher_denied",
         about: "a Hyper-V IPI from VTL0 to VTL1 of its VP gets HV_STATUS_ACCESS_DENIED and is delivered nowhere (guest counts, LAPIC IRR), and the next VtlCall still works",
         run: ipi::vsm_ipi_lower_to_higher_denied,
