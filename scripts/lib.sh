@@ -28,7 +28,7 @@ VTLKIT_CONFIG_DIR=$VTLKIT_ROOT/kernel-patches/config
 VTLKIT_SRC=$VTLKIT_BUILD_DIR/linux          # git repo: commit "pristine" + the series
 VTLKIT_KOBJ=$VTLKIT_BUILD_DIR/kobj          # O= build directory (default config)
 VTLKIT_HDR=$VTLKIT_BUILD_DIR/headers        # make headers_install output
-VTLKIT_RUN_DIR=$VTLKIT_BUILD_DIR/run        # serial logs, guest results
+VTLKIT_RUN_DIR=${VTLKIT_RUN_DIR:-$VTLKIT_BUILD_DIR/run} # serial logs, guest results
 VTLKIT_JOBS=${VTLKIT_JOBS:-$(nproc)}
 CARGO_TARGET_DIR=${VTLKIT_CARGO_TARGET_DIR:-$VTLKIT_ROOT/target}
 export CARGO_TARGET_DIR

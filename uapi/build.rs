@@ -46,6 +46,13 @@ fn main() {
         // kvm_run as the series' header lays it out, for exit members kvm-bindings' 6.12
         // kvm_run lacks (event_notify).
         .allowlist_type("kvm_run")
+        // ... and its ioctls' struct and access bits, the memory-fault exit's new flags, and a
+        // name for that exit's arm of kvm_run (with `gva`; see wrapper.h).
+        .allowlist_type("kvm_vtl_protection")
+        .allowlist_type("vtlkit_memory_fault")
+        .allowlist_var("KVM_VTL_PROT_.*")
+        .allowlist_var("KVM_MEMORY_EXIT_FLAG_.*")
+        .allowlist_var("KVM_EXIT_MEMORY_FAULT")
         .prepend_enum_name(false)
         .derive_default(true)
         .derive_eq(true)

@@ -14,7 +14,15 @@ enum vtlkit_ioctl {
 	VTLKIT_KVM_GET_APIC_GROUP = KVM_GET_APIC_GROUP,
 	VTLKIT_KVM_SET_EVENT_NOTIFY = KVM_SET_EVENT_NOTIFY,
 	VTLKIT_KVM_GET_EVENT_NOTIFY = KVM_GET_EVENT_NOTIFY,
+	VTLKIT_KVM_SET_VTL_PROTECTION = KVM_SET_VTL_PROTECTION,
+	VTLKIT_KVM_GET_VTL_PROTECTION = KVM_GET_VTL_PROTECTION,
 	/* Stock ioctls that kvm-ioctls does not wrap and kvm-bindings does not number. */
 	VTLKIT_KVM_GET_STATS_FD = KVM_GET_STATS_FD,
 	VTLKIT_KVM_GET_SUPPORTED_HV_CPUID = KVM_GET_SUPPORTED_HV_CPUID,
 };
+
+/*
+ * kvm_run's KVM_EXIT_MEMORY_FAULT arm is an anonymous struct, which bindgen would name by its
+ * position in the union; this gives the series' layout (with `gva`) a stable name.
+ */
+typedef __typeof__(((struct kvm_run *)0)->memory_fault) vtlkit_memory_fault;

@@ -7,8 +7,11 @@
 //!        vtlkit-selftests --bench [--ipis N] [--reps R]   (IPI delivery benchmark, [`bench`])
 //!        vtlkit-selftests --bench-vtl [--ops N] [--reps R] (VTL switch benchmark, [`bench_vtl`])
 //!        vtlkit-selftests --bench-wake [--samples N]        (wake-up latency, [`bench_wake`])
+//!        vtlkit-selftests --bench-prot [--faults N] [--reps R] [--max-mib M]
+//!                                   (VTL protection faults and range changes, [`bench_prot`])
 
 mod bench;
+mod bench_prot;
 mod bench_vtl;
 mod bench_wake;
 mod framework;
@@ -16,7 +19,7 @@ mod tests;
 
 // The framework at the crate root, so tests write `crate::vm::TestVm`, `crate::harness::Test`.
 pub(crate) use framework::{guest, harness, hyperv, stats, vm, vp};
-use tests::{apic_groups, basic, fuzz, hyperv as hyperv_tests, nested, vsm, vtlctl, wake};
+use tests::{apic_groups, basic, fuzz, hyperv as hyperv_tests, nested, protect, vsm, vtlctl, wake};
 
 use std::io::{self, Write};
 use std::process::ExitCode;
@@ -33,6 +36,7 @@ fn all_tests() -> Vec<Test> {
     v.extend_from_slice(hyperv_tests::TESTS);
     v.extend_from_slice(vsm::TESTS);
     v.extend_from_slice(wake::TESTS);
+    v.extend_from_slice(protect::TESTS);
     v.extend_from_slice(vtlctl::TESTS);
     v.extend_from_slice(fuzz::TESTS);
     v
@@ -43,6 +47,8 @@ fn all_tests() -> Vec<Test> {
 fn time_limit(t: &Test, base: Option<Duration>, fuzz_seconds: u64) -> Option<Duration> {
     let extra = match t.name {
         "fuzz_apic_groups" => fuzz_seconds,
+        // The guest touches 512 MiB first (about 25 s of nested page faults under TCG).
+        "protect_large_range" => 120,
         _ => 0,
     };
     base.map(|b| b.saturating_add(Duration::from_secs(extra)))
@@ -58,6 +64,7 @@ fn main() -> ExitCode {
         println!("       vtlkit-selftests --bench [--ipis N] [--reps R]");
         println!("       vtlkit-selftests --bench-vtl [--ops N] [--reps R]");
         println!("       vtlkit-selftests --bench-wake [--samples N]");
+        println!("       vtlkit-selftests --bench-prot [--faults N] [--reps R] [--max-mib M]");
         return ExitCode::SUCCESS;
     }
     if args.first().is_some_and(|a| a == "--bench") {
@@ -68,6 +75,9 @@ fn main() -> ExitCode {
     }
     if args.first().is_some_and(|a| a == "--bench-wake") {
         return bench_wake_main(&args[1..]);
+    }
+    if args.first().is_some_and(|a| a == "--bench-prot") {
+        return bench_prot_main(&args[1..]);
     }
     if args.iter().any(|a| a == "--list") {
         for t in &tests {
@@ -175,6 +185,45 @@ fn bench_vtl_main(args: &[String]) -> ExitCode {
     }
 }
 
+/// `--bench-prot [--faults N] [--reps R] [--max-mib M]`: run the VTL protection benchmark; 0 on
+/// success, 1 on error, 2 on bad usage.
+fn bench_prot_main(args: &[String]) -> ExitCode {
+    let mut p = bench_prot::Params {
+        faults: 2000,
+        reps: 5,
+        max_mib: 256,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let v = match it.next().and_then(|v| v.parse::<u32>().ok()) {
+            Some(v) if v > 0 => v,
+            _ => {
+                eprintln!("vtlkit-selftests: --bench-prot: {a} needs a positive number");
+                return ExitCode::from(2);
+            }
+        };
+        match a.as_str() {
+            "--faults" => p.faults = v,
+            "--reps" => p.reps = v,
+            "--max-mib" => p.max_mib = u64::from(v),
+            _ => {
+                eprintln!("vtlkit-selftests: --bench-prot: unknown argument {a}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    match bench_prot::run_bench(p, &mut out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = out.flush();
+            eprintln!("vtlkit-bench-prot: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn bench_wake_main(args: &[String]) -> ExitCode {
     let samples = match args {
         [] => 500,
@@ -217,5 +266,9 @@ mod unit {
             Some(Duration::from_secs(360))
         );
         assert_eq!(time_limit(by_name("fuzz_apic_groups"), None, 300), None);
+        assert_eq!(
+            time_limit(by_name("protect_large_range"), base, 300),
+            Some(Duration::from_secs(180))
+        );
     }
 }

@@ -9,6 +9,7 @@
 #![deny(missing_docs)]
 
 pub mod notify;
+pub mod protections;
 pub mod stats;
 pub mod vtl;
 
@@ -46,6 +47,16 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// An ioctl succeeded but returned something its documentation rules out.
+    #[error("{op} returned {what}: {value:#x}")]
+    Unexpected {
+        /// The ioctl, e.g. `KVM_GET_VTL_PROTECTION`.
+        op: &'static str,
+        /// What was wrong with the answer.
+        what: &'static str,
+        /// The offending value.
+        value: u64,
+    },
 }
 
 impl Error {
@@ -56,10 +67,11 @@ impl Error {
         }
     }
 
-    /// The errno behind this error (e.g. `libc::EEXIST`).
+    /// The errno behind this error (e.g. `libc::EEXIST`); 0 for an error without one.
     pub fn errno(&self) -> i32 {
         match self {
             Error::Ioctl { source, .. } => source.raw_os_error().unwrap_or(0),
+            Error::Unexpected { .. } => 0,
         }
     }
 }

@@ -451,6 +451,37 @@ pub mod x86msr {
     pub const PAT: u32 = 0x277;
 }
 
+/// The memory-access guest ([`Entry::MemOps`]), for the VTL protection tests: each round it
+/// performs the operation in its data page's `ARGS[0]` on the address in `ARGS[1]`, then
+/// reports `SYNC(STAGE_MEM_DONE, result, rounds done, operation)`; `ARGS[3]` counts the rounds
+/// done. Any access may exit to userspace as a protection fault, which leaves the vCPU at the
+/// instruction that made it (see [`memops_insn_offsets`]).
+pub mod memops {
+    /// u64 in the data page: the operation.
+    pub const OP: u64 = super::pcpu::ARGS;
+    /// u64 in the data page: the (identity-mapped) address it works on.
+    pub const ADDR: u64 = super::pcpu::ARGS + 8;
+    /// u64 in the data page: [`TOUCH`]'s length; [`WRITE_LOOP`]'s last value written.
+    pub const ARG: u64 = super::pcpu::ARGS + 16;
+    /// u64 in the data page: rounds finished (incremented before each SYNC).
+    pub const ROUNDS: u64 = super::pcpu::ARGS + 24;
+
+    /// Result = the u64 at the address (one `mov` load).
+    pub const READ: u64 = 1;
+    /// `inc qword ptr [address]` (one read-modify-write instruction); result = the new value.
+    pub const INC: u64 = 2;
+    /// `call address`; result = RAX as the callee left it.
+    pub const EXEC: u64 = 3;
+    /// Store ARG + 1, ARG + 2, ... to the address forever, updating ARG after each store;
+    /// never reports.
+    pub const WRITE_LOOP: u64 = 4;
+    /// Store one u64 (its own address) at the start of every 4 KiB page of
+    /// `[address, address + ARG)`; result = the pages written.
+    pub const TOUCH: u64 = 5;
+    /// Stage of the round's SYNC: (stage, result, rounds done, operation).
+    pub const STAGE_MEM_DONE: u64 = 0x40;
+}
+
 // The guest code. Intel syntax (the Rust default for `global_asm!`).
 core::arch::global_asm!(
     r#"
@@ -591,6 +622,64 @@ vtlkit_guest_fault_bad_stack:
 vtlkit_guest_fault_bad_stack_insn:
     ud2
     jmp vtlkit_guest_halt_forever
+
+// ---------------------------------------------------------------------------------------------
+// Entry: vtlkit_guest_mem_ops: the memory-access rounds of `memops` (VTL protection tests).
+// R12 = operation, RBX = address, RSI = result.
+    .globl vtlkit_guest_mem_ops
+vtlkit_guest_mem_ops:
+2:  mov r12, gs:[{MEM_OP}]
+    mov rbx, gs:[{MEM_ADDR}]
+    xor esi, esi
+    cmp r12, {MEM_READ}
+    je 3f
+    cmp r12, {MEM_INC}
+    je 4f
+    cmp r12, {MEM_EXEC}
+    je 5f
+    cmp r12, {MEM_WRITE_LOOP}
+    je 6f
+    cmp r12, {MEM_TOUCH}
+    je 7f
+    mov rsi, r12
+    lea rdi, [rip + 9f]
+    jmp vtlkit_guest_abort
+3:
+    .globl vtlkit_guest_mem_read_insn
+vtlkit_guest_mem_read_insn:
+    mov rsi, [rbx]
+    jmp 8f
+4:
+    .globl vtlkit_guest_mem_inc_insn
+vtlkit_guest_mem_inc_insn:
+    inc qword ptr [rbx]
+    mov rsi, [rbx]
+    jmp 8f
+5:  call rbx
+    mov rsi, rax
+    jmp 8f
+6:  mov rcx, gs:[{MEM_ARG}]
+66: inc rcx
+    .globl vtlkit_guest_mem_store_insn
+vtlkit_guest_mem_store_insn:
+    mov [rbx], rcx
+    mov gs:[{MEM_ARG}], rcx
+    jmp 66b
+7:  mov rcx, gs:[{MEM_ARG}]
+    add rcx, rbx
+77: cmp rbx, rcx
+    jae 8f
+    mov [rbx], rbx
+    add rbx, 4096
+    inc rsi
+    jmp 77b
+8:  inc qword ptr gs:[{MEM_ROUNDS}]
+    mov rdi, {STAGE_MEM_DONE}
+    mov rcx, gs:[{MEM_ROUNDS}]
+    mov r8, r12
+    UCALL {UCALL_SYNC}
+    jmp 2b
+9:  .asciz "mem_ops: unknown operation"
 
 // ---------------------------------------------------------------------------------------------
 // APIC helpers. All of them look at APIC_MODE in the vCPU data page and clobber RAX, RCX, RDX.
@@ -1538,6 +1627,16 @@ vtlkit_guest_end:
     PCPU_PROGRAM = const pcpu::PROGRAM,
     PCPU_GO = const pcpu::GO,
     PCPU_ARGS = const pcpu::ARGS,
+    MEM_OP = const memops::OP,
+    MEM_ADDR = const memops::ADDR,
+    MEM_ARG = const memops::ARG,
+    MEM_ROUNDS = const memops::ROUNDS,
+    MEM_READ = const memops::READ,
+    MEM_INC = const memops::INC,
+    MEM_EXEC = const memops::EXEC,
+    MEM_WRITE_LOOP = const memops::WRITE_LOOP,
+    MEM_TOUCH = const memops::TOUCH,
+    STAGE_MEM_DONE = const memops::STAGE_MEM_DONE,
     PCPU_APIC_ID_READ = const pcpu::APIC_ID_READ,
     PCPU_LDR_READ = const pcpu::LDR_READ,
     PCPU_IRQ_TOTAL = const pcpu::IRQ_TOTAL,
@@ -1695,6 +1794,10 @@ extern "C" {
     static vtlkit_guest_hcall_vmmcall_after: u8;
     static vtlkit_guest_hcall_vmcall: u8;
     static vtlkit_guest_hcall_vmcall_after: u8;
+    static vtlkit_guest_mem_ops: u8;
+    static vtlkit_guest_mem_read_insn: u8;
+    static vtlkit_guest_mem_inc_insn: u8;
+    static vtlkit_guest_mem_store_insn: u8;
 }
 
 /// Size of one interrupt stub; vector v's handler is at `ISR_STUBS + v * ISR_STUB_SIZE`.
@@ -1719,6 +1822,8 @@ pub enum Entry {
     /// comes back to after each VtlReturn. Never a vCPU's first RIP (VTL1 vCPUs get theirs
     /// from the initial context VTL0 hands over).
     VsmVtl1,
+    /// The memory-access rounds of [`memops`] (VTL protection tests).
+    MemOps,
 }
 
 /// Offsets of the one hypercall instruction the VSM code uses
@@ -1764,6 +1869,7 @@ pub fn entry_offset(e: Entry) -> u64 {
         Entry::FaultUd => &raw const vtlkit_guest_fault_ud,
         Entry::FaultBadStack => &raw const vtlkit_guest_fault_bad_stack,
         Entry::VsmVtl1 => &raw const vtlkit_guest_vsm_vtl1,
+        Entry::MemOps => &raw const vtlkit_guest_mem_ops,
     };
     offset_of_symbol(sym)
 }
@@ -1776,6 +1882,26 @@ pub fn fault_insn_offset(e: Entry) -> Option<u64> {
         _ => return None,
     };
     Some(offset_of_symbol(sym))
+}
+
+/// Offsets from the start of the code blob of [`Entry::MemOps`]' accessing instructions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemOpsInsns {
+    /// [`memops::READ`]'s load.
+    pub read: u64,
+    /// [`memops::INC`]'s read-modify-write.
+    pub inc: u64,
+    /// [`memops::WRITE_LOOP`]'s store.
+    pub store: u64,
+}
+
+/// Where [`Entry::MemOps`] makes its accesses: a protection fault leaves RIP there.
+pub fn memops_insn_offsets() -> MemOpsInsns {
+    MemOpsInsns {
+        read: offset_of_symbol(&raw const vtlkit_guest_mem_read_insn),
+        inc: offset_of_symbol(&raw const vtlkit_guest_mem_inc_insn),
+        store: offset_of_symbol(&raw const vtlkit_guest_mem_store_insn),
+    }
 }
 
 /// Offset of the first interrupt stub from the start of the code blob.

@@ -15,6 +15,7 @@ pub mod basic;
 pub mod fuzz;
 pub mod hyperv;
 pub mod nested;
+pub mod protect;
 pub mod vsm;
 pub mod vtlctl;
 pub mod wake;
