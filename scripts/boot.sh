@@ -13,6 +13,11 @@
 # boot succeeds), else TCG with -cpu max (AMD with SVM and NPT, so the guest's kvm_amd runs
 # nested guests). Force with VTLKIT_ACCEL=kvm|tcg. VTLKIT_TCG_THREAD=single|multi picks TCG's
 # threading (-accel tcg,thread=...; default: QEMU's, multi-threaded on x86 hosts).
+# VTLKIT_ICOUNT=1 boots TCG with -accel tcg,thread=single -icount shift=0,sleep=off: the guest's
+# clocks (TSC, HPET, its CLOCK_MONOTONIC) then follow the instructions executed, 1 ns each, and
+# never wait for the host's time, so guest-timed figures reproduce whatever the host's load
+# (scripts/bench.sh). icount needs single-threaded TCG: refused with VTLKIT_ACCEL=kvm or
+# VTLKIT_TCG_THREAD=multi; with VTLKIT_ACCEL=auto it means TCG without a KVM trial.
 #
 # QEMU: qemu-system-x86_64 from PATH, or VTLKIT_QEMU=/path/to/qemu-system-x86_64 (e.g. one
 # unpacked from a .deb without installing it). Its firmware and option ROMs are looked up in
@@ -45,6 +50,18 @@ fi
 case "${VTLKIT_TCG_THREAD:-}" in
 '' | single | multi) ;;
 *) die "booting: VTLKIT_TCG_THREAD must be single or multi, not '${VTLKIT_TCG_THREAD}'" ;;
+esac
+icount=0
+case "${VTLKIT_ICOUNT:-0}" in
+0) ;;
+1)
+	icount=1
+	[ "${VTLKIT_ACCEL:-auto}" != kvm ] ||
+		die "booting: VTLKIT_ICOUNT=1 needs TCG (-icount is TCG's instruction counter), not VTLKIT_ACCEL=kvm: unset one of them"
+	[ "${VTLKIT_TCG_THREAD:-single}" = single ] ||
+		die "booting: VTLKIT_ICOUNT=1 needs single-threaded TCG (QEMU refuses -icount with thread=multi), not VTLKIT_TCG_THREAD=$VTLKIT_TCG_THREAD"
+	;;
+*) die "booting: VTLKIT_ICOUNT must be 0 or 1, not '${VTLKIT_ICOUNT}'" ;;
 esac
 # Firmware directories for a QEMU outside the system's prefix (-L, searched before QEMU's own).
 qemu_data=()
@@ -80,6 +97,8 @@ qemu_args() {
 	done
 	if [ "$accel" = kvm ]; then
 		printf '%s\n' -accel kvm -cpu host
+	elif [ "$icount" = 1 ]; then
+		printf '%s\n' -accel tcg,thread=single -icount shift=0,sleep=off -cpu max
 	else
 		printf '%s\n' -accel "tcg${VTLKIT_TCG_THREAD:+,thread=$VTLKIT_TCG_THREAD}" -cpu max
 	fi
@@ -99,6 +118,10 @@ pick_accel() {
 	auto) ;;
 	*) die "booting: VTLKIT_ACCEL must be kvm, tcg or auto, not '${VTLKIT_ACCEL}'" ;;
 	esac
+	if [ "$icount" = 1 ]; then
+		echo tcg # VTLKIT_ICOUNT=1: icount exists only in TCG
+		return
+	fi
 	if ! grep -qwE 'vmx|svm' /proc/cpuinfo; then
 		echo tcg # no hardware virtualization flags: /dev/kvm (if any) is not real KVM
 		return
@@ -145,6 +168,8 @@ info "QEMU $qver ($(command -v "$qemu"))${qemu_data[*]:+, firmware from ${qemu_d
 accel=$(pick_accel)
 if [ "$accel" = kvm ]; then
 	info "real KVM (-accel kvm -cpu host)"
+elif [ "$icount" = 1 ]; then
+	info "TCG software emulation, instruction-counted (VTLKIT_ICOUNT=1: -accel tcg,thread=single -icount shift=0,sleep=off -cpu max; guest time follows instructions, 1 ns each)"
 else
 	info "TCG software emulation (-accel tcg${VTLKIT_TCG_THREAD:+,thread=$VTLKIT_TCG_THREAD} -cpu max: AMD, SVM + NPT for the guest's kvm_amd)"
 fi

@@ -60,7 +60,7 @@ check "record-debugfs (the recorder stores comm, vtlctl reads it back)" scripts/
 check "kernel-source (pinned linux-source-6.12 or the offered 6.12.y; Rust version)" scripts/tests/kernel-source.sh
 check "series-errors (broken or missing patch is named)" scripts/tests/series-errors.sh
 check "kernel-log-scan (reports in kernel lines fail, test output does not)" scripts/tests/kernel-log-scan.sh
-check "qemu-choice (VTLKIT_QEMU, its firmware, its version, VTLKIT_TCG_THREAD)" scripts/tests/qemu-choice.sh
+check "qemu-choice (VTLKIT_QEMU, its firmware, its version, VTLKIT_TCG_THREAD, VTLKIT_ICOUNT)" scripts/tests/qemu-choice.sh
 check "checkpatch --strict on kernel-patches" "$VTLKIT_ROOT/scripts/checkpatch.sh"
 
 step "in-guest suite: scripts/run.sh"

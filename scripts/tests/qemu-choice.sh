@@ -3,7 +3,8 @@
 # record their arguments and report a passing guest. The system's qemu-system-x86_64 (PATH) is
 # the default, with no -L; VTLKIT_QEMU boots another one, whose firmware directories next to its
 # bin/ are passed with -L (or those VTLKIT_QEMU_DATA names); the version booted is printed;
-# VTLKIT_TCG_THREAD selects TCG's threading; bad values are refused with what is wrong.
+# VTLKIT_TCG_THREAD selects TCG's threading; VTLKIT_ICOUNT=1 single-threaded TCG with -icount,
+# never real KVM; bad values are refused with what is wrong.
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -77,6 +78,21 @@ check "VTLKIT_TCG_THREAD=single: -accel tcg,thread=single" 0 VTLKIT_TCG_THREAD=s
 	"-accel tcg,thread=single -cpu max" "args:-accel tcg,thread=single -cpu max "
 check "VTLKIT_TCG_THREAD=multi: -accel tcg,thread=multi" 0 VTLKIT_TCG_THREAD=multi -- \
 	"args:-accel tcg,thread=multi -cpu max "
+check "VTLKIT_ICOUNT=1: single-threaded TCG with -icount shift=0,sleep=off" 0 VTLKIT_ICOUNT=1 -- \
+	"instruction-counted \(VTLKIT_ICOUNT=1: -accel tcg,thread=single -icount shift=0,sleep=off -cpu max" \
+	"args:^-accel tcg,thread=single -icount shift=0,sleep=off -cpu max "
+check "VTLKIT_ICOUNT=1 with VTLKIT_ACCEL=auto: TCG, no KVM trial" 0 VTLKIT_ICOUNT=1 VTLKIT_ACCEL=auto -- \
+	"args:^-accel tcg,thread=single -icount shift=0,sleep=off -cpu max "
+check "VTLKIT_ICOUNT=1 with VTLKIT_TCG_THREAD=single: accepted" 0 VTLKIT_ICOUNT=1 VTLKIT_TCG_THREAD=single -- \
+	"args:^-accel tcg,thread=single -icount shift=0,sleep=off -cpu max "
+check "VTLKIT_ICOUNT=0: plain TCG" 0 VTLKIT_ICOUNT=0 -- "args:^-accel tcg -cpu max "
+grep -q -- '^-icount$' "$tmp/args" && { echo "not ok - VTLKIT_ICOUNT=0 got -icount" && fail=1; }
+check "VTLKIT_ICOUNT=1 with VTLKIT_ACCEL=kvm: refused" 1 VTLKIT_ICOUNT=1 VTLKIT_ACCEL=kvm -- \
+	"error: booting: VTLKIT_ICOUNT=1 needs TCG .*not VTLKIT_ACCEL=kvm"
+check "VTLKIT_ICOUNT=1 with VTLKIT_TCG_THREAD=multi: refused" 1 VTLKIT_ICOUNT=1 VTLKIT_TCG_THREAD=multi -- \
+	"error: booting: VTLKIT_ICOUNT=1 needs single-threaded TCG .*not VTLKIT_TCG_THREAD=multi"
+check "VTLKIT_ICOUNT with another value: refused" 1 VTLKIT_ICOUNT=yes -- \
+	"error: booting: VTLKIT_ICOUNT must be 0 or 1, not 'yes'"
 check "VTLKIT_QEMU that does not exist: refused" 1 VTLKIT_QEMU="$tmp/nope" -- \
 	"error: booting: VTLKIT_QEMU=$tmp/nope is not an executable file"
 check "VTLKIT_QEMU_DATA with a missing directory: refused" 1 \

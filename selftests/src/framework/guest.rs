@@ -123,6 +123,9 @@ pub mod pcpu {
     /// moment it comes back from a VTL switch, before it uses any of them (above the fuzzer's
     /// area, below [`TSS`]).
     pub const VSM_REGS: u64 = 0x640;
+    /// u64: the TSC when the interrupt handler took the last interrupt, written before its
+    /// count moves (`--bench-wake`; after [`VSM_REGS`], below [`TSS`]).
+    pub const LAST_IRQ_TSC: u64 = 0x6e0;
     /// This vCPU's 64-bit TSS (its TR base): only IST1 is used, for #DF.
     pub const TSS: u64 = 0x700;
     /// Size of the TSS (limit + 1).
@@ -1574,6 +1577,10 @@ vtlkit_guest_isr_common:
     push rax
     push rcx
     push rdx
+    rdtsc                                   // when it was taken, stored before the count moves
+    shl rdx, 32
+    or rax, rdx
+    mov gs:[{PCPU_LAST_IRQ_TSC}], rax
     mov rax, [rsp + 24]                     // vector
     lock inc dword ptr gs:[{PCPU_IRQ_COUNTS} + rax * 4]
     lock inc qword ptr gs:[{PCPU_IRQ_TOTAL}]
@@ -1643,6 +1650,7 @@ vtlkit_guest_end:
     PCPU_LAST_VECTOR = const pcpu::LAST_VECTOR,
     PCPU_IRQ_COUNTS = const pcpu::IRQ_COUNTS,
     PCPU_LAST_IRQ_RIP = const pcpu::LAST_IRQ_RIP,
+    PCPU_LAST_IRQ_TSC = const pcpu::LAST_IRQ_TSC,
     PCPU_EXC_COUNT = const pcpu::EXC_COUNT,
     PCPU_EXC_FIRST = const pcpu::EXC_FIRST,
     PCPU_EXC_LAST = const pcpu::EXC_LAST,
@@ -1928,6 +1936,8 @@ mod tests {
         const { assert!(pcpu::SIZE <= pcpu::TSS) };
         const { assert!(pcpu::SIZE <= pcpu::VSM_REGS) };
         const { assert!(pcpu::VSM_REGS + vsm::regs::SIZE <= pcpu::TSS) };
+        const { assert!(pcpu::VSM_REGS + vsm::regs::SIZE <= pcpu::LAST_IRQ_TSC) };
+        const { assert!(pcpu::LAST_IRQ_TSC + 8 <= pcpu::TSS) };
         const { assert!(vsm::block::V0_GS_BASE + 8 <= vsm::block::SIZE) };
         const { assert!(vsm::block::V1_SEEN == vsm::block::IN + vsm::regs::SIZE) };
         const { assert!(vsm::block::V0_SEEN + vsm::regs::SIZE <= vsm::block::V0_RSP_BEFORE) };
