@@ -87,7 +87,9 @@ const PERIOD: Duration = Duration::from_millis(20);
 /// for this long (no notification meanwhile) is a lost wake-up.
 const LOST_WAKEUP: Duration = Duration::from_secs(2);
 /// How long a runner may take to park its away sibling, lower a TPR or settle when stopped.
-const SETTLE: Duration = Duration::from_secs(10);
+// Under TCG on a loaded 2-core machine one 10 s run (of many) saw the away sibling still in
+// service after 10 s, and passed on reruns of its seed: give slow hosts more room.
+const SETTLE: Duration = Duration::from_secs(30);
 /// The class of the TPR test's vector.
 const TPR_CLASS: u8 = vector::NOTIFY[N_TPR] >> 4;
 
