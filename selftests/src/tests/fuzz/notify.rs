@@ -85,7 +85,7 @@ const SLICE: Duration = Duration::from_millis(2);
 const PERIOD: Duration = Duration::from_millis(20);
 /// A parked sibling armed with an event pending, or fired without the home sibling exiting,
 /// for this long (no notification meanwhile) is a lost wake-up.
-const LOST_WAKEUP: Duration = Duration::from_secs(2);
+const LOST_WAKEUP: Duration = Duration::from_secs(5);
 /// How long a runner may take to park its away sibling, lower a TPR or settle when stopped.
 // Under TCG on a loaded 2-core machine one 10 s run (of many) saw the away sibling still in
 // service after 10 s, and passed on reruns of its seed: give slow hosts more room.
