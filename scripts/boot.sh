@@ -106,7 +106,7 @@ qemu_args() {
 		-chardev "stdio,id=con,signal=off,logfile=$serial" -serial chardev:con \
 		-serial "file:$results" \
 		-kernel "$kernel" -initrd "$initrd" \
-		-append "console=ttyS0 quiet printk.time=1 panic=-1 oops=panic $append ${VTLKIT_KARGS:-}"
+		-append "console=ttyS0 quiet printk.time=1 panic=-1 oops=panic vtlkit.accel=$accel $append ${VTLKIT_KARGS:-}"
 }
 
 pick_accel() {
