@@ -26,7 +26,7 @@ use vtlkit_uapi::protections::{Access, PAGE_SIZE};
 
 use crate::guest::memops;
 use crate::tests::protect::common::{
-    add_vcpu, expect_done, new_vm, op, protect, run, set_op, vcpu_mut, Backing, Event, DATA_PAGE,
+    add_vcpu, expect_done, new_vm, op, protect, run, set_op, vcpu_mut, Event, DATA_PAGE,
 };
 use crate::vm::VmOptions;
 
@@ -52,14 +52,14 @@ fn median(v: &mut [f64]) -> f64 {
 /// Run the benchmark and print the figures.
 pub fn run_bench(p: Params, out: &mut dyn Write) -> Result<()> {
     let size = p.max_mib << 20;
-    let backing = Backing::new(size as usize)?;
+    let backing = crate::vm::GuestMem::new(size as usize)?;
     let mut vm = new_vm(VmOptions::default(), 0)?;
     let region = kvm_userspace_memory_region {
         slot: 1,
         flags: 0,
         guest_phys_addr: RANGE_GPA,
         memory_size: size,
-        userspace_addr: backing.ptr as u64,
+        userspace_addr: backing.host_addr(),
     };
     // SAFETY: our own anonymous mapping of exactly `size` bytes, which outlives the VM
     // (`backing` is declared first, so it is dropped after `vm`).

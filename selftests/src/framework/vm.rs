@@ -341,7 +341,7 @@ impl GuestMem {
     }
 
     /// Host address of the mapping (for KVM_SET_USER_MEMORY_REGION).
-    fn host_addr(&self) -> u64 {
+    pub(crate) fn host_addr(&self) -> u64 {
         self.ptr as u64
     }
 

@@ -42,8 +42,8 @@ use kvm_ioctls::VcpuFd;
 use vtlkit_uapi::raw;
 
 use super::{
-    fz, handled, irq_line_status, show, vector, Call, FuzzVm, Fuzzer, Route, VcpuModel,
-    PROBE_TIMEOUT,
+    check_line_status, fz, handled, pulse_line, show, vector, Call, FuzzVm, Fuzzer, Route,
+    VcpuModel, PROBE_TIMEOUT,
 };
 use crate::check;
 use crate::guest::hvprog;
@@ -1035,23 +1035,9 @@ impl Fuzzer {
             }
             self.note(what.clone());
         } else {
-            self.stats.count(Call::IrqLine);
-            let st = irq_line_status(&fvm.vm.fd, SINT_GSI, true).with_context(|| what.clone())?;
-            self.stats.count(Call::IrqLine);
-            fvm.vm
-                .fd
-                .set_irq_line(SINT_GSI, false)
-                .map_err(|e| anyhow!("{what}: KVM_IRQ_LINE(0): {e}"))?;
+            let st = pulse_line(&fvm.vm.fd, &self.stats, SINT_GSI, &what)?;
             self.note(format!("{what} -> {st}"));
-            let ok = match target {
-                Some(_) => st == 1,
-                None => st <= 0,
-            };
-            check!(
-                ok,
-                "{what}: status {st}, expected {}",
-                if target.is_some() { "1" } else { "no delivery" }
-            );
+            check_line_status(&what, st, target.is_some())?;
         }
         if let Some(t) = target {
             self.wait_handled(k, t, vector::PROBE_SINT, before, &what)?;

@@ -3027,24 +3027,9 @@ impl Fuzzer {
             self.stats.add(&self.stats.irqfd_writes, 1);
             self.note(what.clone());
         } else {
-            self.stats.count(Call::IrqLine);
-            let status =
-                irq_line_status(&fvm.vm.fd, PROBE_GSI, true).with_context(|| what.clone())?;
-            self.stats.count(Call::IrqLine);
-            fvm.vm
-                .fd
-                .set_irq_line(PROBE_GSI, false)
-                .map_err(|e| anyhow!("{what}: KVM_IRQ_LINE(0): {e}"))?;
+            let status = pulse_line(&fvm.vm.fd, &self.stats, PROBE_GSI, &what)?;
             self.note(format!("{what} -> {status}"));
-            let want_ok = match target {
-                Some(_) => status == 1,
-                None => status <= 0,
-            };
-            check!(
-                want_ok,
-                "{what}: status {status}, expected {}",
-                if target.is_some() { "1" } else { "no delivery" }
-            );
+            check_line_status(&what, status, target.is_some())?;
         }
         if let Some(p) = target {
             self.wait_handled(k, p.target, vector::PROBE_ROUTE, before, &what)?;
@@ -3202,6 +3187,28 @@ fn irq_line_status(vm: &VmFd, gsi: u32, level: bool) -> Result<i32> {
     }
     // SAFETY: the kernel wrote the status arm; both arms are plain 32-bit integers.
     Ok(unsafe { l.__bindgen_anon_1.status })
+}
+
+/// A delivery probe through a GSI: raise it with KVM_IRQ_LINE_STATUS, lower it, and return
+/// the raise's status (both calls counted).
+fn pulse_line(vm: &VmFd, stats: &Stats, gsi: u32, what: &str) -> Result<i32> {
+    stats.count(Call::IrqLine);
+    let status = irq_line_status(vm, gsi, true).with_context(|| what.to_string())?;
+    stats.count(Call::IrqLine);
+    vm.set_irq_line(gsi, false)
+        .map_err(|e| anyhow!("{what}: KVM_IRQ_LINE(0): {e}"))?;
+    Ok(status)
+}
+
+/// What a probe's raise must report: 1 if it is `delivered`, else 0 or less (nobody took it).
+fn check_line_status(what: &str, status: i32, delivered: bool) -> Result<()> {
+    let ok = if delivered { status == 1 } else { status <= 0 };
+    check!(
+        ok,
+        "{what}: status {status}, expected {}",
+        if delivered { "1" } else { "no delivery" }
+    );
+    Ok(())
 }
 
 fn get_ioapic(vm: &VmFd) -> Result<kvm_irqchip> {

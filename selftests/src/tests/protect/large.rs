@@ -14,7 +14,7 @@ use super::common::*;
 use crate::check_eq;
 use crate::guest::memops;
 use crate::harness::{number_setting, Outcome, TestResult};
-use crate::vm::VmOptions;
+use crate::vm::{GuestMem, VmOptions};
 
 /// Where the large memslot starts: above the test VM's 4 MiB, inside the guest's identity
 /// map (0..1 GiB).
@@ -71,14 +71,15 @@ pub fn protect_large_range() -> TestResult {
     let mib = pick_mib()?;
     let size = mib << 20;
     let pages = size / PAGE_SIZE;
-    let backing = Backing::new(size as usize)?;
+    // Its own mapping, declared before the VM so that it outlives it.
+    let backing = GuestMem::new(size as usize)?;
     let mut vm = new_vm(VmOptions::default(), 0)?;
     let region = kvm_userspace_memory_region {
         slot: 1,
         flags: 0,
         guest_phys_addr: BIG_GPA,
         memory_size: size,
-        userspace_addr: backing.ptr as u64,
+        userspace_addr: backing.host_addr(),
     };
     // SAFETY: the region is our own anonymous mapping of exactly `size` bytes, which outlives
     // the VM (`backing` is declared before `vm`, so it is dropped after it).
