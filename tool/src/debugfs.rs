@@ -14,12 +14,20 @@ pub const COUNTERS: &[&str] = &[
     "apic_group_irq_dropped",
     "hv_cross_vtl_exits",
     "hv_vtl_exits",
-    "vtl_protection_faults",
+    "vtl_prot_faults",
 ];
 
 /// Per-vCPU statistics KVM also shows in each vCPU's debugfs directory (series v4:
-/// `vcpu<id>/hv_vtl_exits`), read from there in preference to the VMM's stats fds.
-pub const DEBUGFS_VCPU_STATS: &[&str] = &["hv_vtl_exits"];
+/// `vcpu<id>/hv_vtl_exits`; series v5: `vcpu<id>/vtl_prot_faults`), read from there in
+/// preference to the VMM's stats fds.
+pub const DEBUGFS_VCPU_STATS: &[&str] = &["hv_vtl_exits", "vtl_prot_faults"];
+
+/// The VM's debugfs file with the number of protected ranges of each VTL label (series v5,
+/// `KVM_SET_VTL_PROTECTION`): one line of [`VTL_LABELS`] decimal numbers, VTL 0 first.
+pub const PROT_RANGES_FILE: &str = "vtl_prot_ranges";
+
+/// The VTL labels KVM knows (0..=15).
+pub const VTL_LABELS: usize = 16;
 
 /// What a vCPU's debugfs `run_state` file can hold (series v4): in `KVM_RUN` and running or
 /// halted, out of it and armed for `KVM_SET_EVENT_NOTIFY` (a parked VTL), or neither.
@@ -79,6 +87,9 @@ pub struct VmInfo {
     pub vcpus: Vec<VcpuInfo>,
     /// The series' counters this kernel exposes (see [`COUNTERS`]).
     pub counters: BTreeMap<String, u64>,
+    /// The number of ranges with restricted access of each VTL label, VTL 0 first (debugfs
+    /// [`PROT_RANGES_FILE`], series v5); `None` on kernels without that file.
+    pub vtl_prot_ranges: Option<Vec<u64>>,
 }
 
 /// Why the state could not be read. Each message says what to do.
@@ -165,6 +176,36 @@ fn read_opt_num<T: std::str::FromStr>(
         Ok(v) => Ok(Some(v)),
         Err(ScanError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
+    }
+}
+
+/// Parse the content of a VM's [`PROT_RANGES_FILE`] (`path`, for errors): exactly
+/// [`VTL_LABELS`] decimal counts separated by blanks.
+pub fn parse_prot_ranges(path: &Path, content: &str) -> Result<Vec<u64>, ScanError> {
+    let words: Vec<&str> = content.split_whitespace().collect();
+    let mut counts = Vec::with_capacity(VTL_LABELS);
+    for w in &words {
+        counts.push(w.parse().map_err(|_| ScanError::Malformed {
+            path: path.to_path_buf(),
+            content: w.chars().take(40).collect(),
+            expected: "a decimal count of protected ranges",
+        })?);
+    }
+    if counts.len() != VTL_LABELS {
+        return Err(ScanError::Malformed {
+            path: path.to_path_buf(),
+            content: content.trim().chars().take(80).collect(),
+            expected: "16 counts of protected ranges (VTL 0 first)",
+        });
+    }
+    Ok(counts)
+}
+
+fn read_prot_ranges(path: &Path) -> Result<Option<Vec<u64>>, ScanError> {
+    match fs::read_to_string(path) {
+        Ok(s) => parse_prot_ranges(path, &s).map(Some),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(path, e)),
     }
 }
 
@@ -323,6 +364,7 @@ pub fn scan_vm_in(root: &Path, comm_root: &Path, vm: &str) -> Result<VmInfo, Sca
         }
     }
     vcpus.sort_by_key(|v| v.vcpu_id);
+    let vtl_prot_ranges = read_prot_ranges(&dir.join(PROT_RANGES_FILE)).map_err(vanished)?;
     let comm = read_comm(comm_root, pid);
     Ok(VmInfo {
         vm: vm.to_string(),
@@ -330,6 +372,7 @@ pub fn scan_vm_in(root: &Path, comm_root: &Path, vm: &str) -> Result<VmInfo, Sca
         comm,
         vcpus,
         counters,
+        vtl_prot_ranges,
     })
 }
 

@@ -121,6 +121,7 @@ mod tests {
             comm: None,
             vcpus,
             counters: BTreeMap::new(),
+            vtl_prot_ranges: None,
         }
     }
 

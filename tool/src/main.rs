@@ -58,9 +58,11 @@ enum Command {
     },
     /// Show the vCPUs of every VM (or of the named ones: `<pid>-<fd>` as `ps` prints).
     ///
-    /// Each vCPU's `hv_vtl_exits` (and any statistic named with --stat) comes from KVM's
+    /// Each vCPU's `hv_vtl_exits` and `vtl_prot_faults` (and any statistic named with --stat)
+    /// come from the vCPU's debugfs directory where the kernel has them there, else from KVM's
     /// per-vCPU binary statistics, which vtlctl takes from the VMM's open stats fds (root
-    /// only); `-` where they cannot be read, with the reason on stderr.
+    /// only); `-` where they cannot be read, with the reason on stderr. Each VM's line under
+    /// the table ends with its protected ranges per VTL (`vtl_prot_ranges=0:3,2:1`).
     Show {
         #[command(flatten)]
         sel: Select,
@@ -108,8 +110,9 @@ enum Command {
     },
 }
 
-/// The per-vCPU statistic `show` always has a column for (series v3).
-const DEFAULT_STAT: &str = "hv_vtl_exits";
+/// The per-vCPU statistics `show` always has a column for: the VTL exits (series v3) and
+/// the protection faults (series v5).
+const DEFAULT_STATS: &[&str] = &["hv_vtl_exits", "vtl_prot_faults"];
 
 /// Which VMs and vCPUs `show` and `vps` print.
 #[derive(Args)]
@@ -523,10 +526,15 @@ fn list(
     stats: &[String],
     watch: &WatchArgs,
 ) -> Result<ExitCode> {
-    // Per-vCPU statistic columns (show only): hv_vtl_exits, then those asked for.
+    // Per-vCPU statistic columns (show only): hv_vtl_exits, vtl_prot_faults, then those asked
+    // for.
     let mut cols: Vec<String> = Vec::new();
     if view == View::Show {
-        for n in std::iter::once(DEFAULT_STAT).chain(stats.iter().map(String::as_str)) {
+        for n in DEFAULT_STATS
+            .iter()
+            .copied()
+            .chain(stats.iter().map(String::as_str))
+        {
             if !cols.iter().any(|c| c == n) {
                 cols.push(n.to_string());
             }

@@ -101,15 +101,45 @@ fn counters_summary(vm: &VmInfo, prev: Option<&Sample>) -> String {
         .join(" ")
 }
 
-/// `<vm>: <counters>` lines for the VMs that have counters.
+/// The protected ranges of a VM per VTL label (debugfs `vtl_prot_ranges`): `<vtl>:<count>`
+/// for each VTL that has any, e.g. `0:3,2:1`; `none` when no VTL has one, `-` when the kernel
+/// has no such file (before series v5).
+pub fn prot_ranges_summary(vm: &VmInfo) -> String {
+    let Some(counts) = &vm.vtl_prot_ranges else {
+        return "-".into();
+    };
+    let s: Vec<String> = counts
+        .iter()
+        .enumerate()
+        .filter(|(_, &n)| n > 0)
+        .map(|(vtl, n)| format!("{vtl}:{n}"))
+        .collect();
+    if s.is_empty() {
+        "none".into()
+    } else {
+        s.join(",")
+    }
+}
+
+/// `<vm>: <counters> vtl_prot_ranges=<per VTL>` lines for the VMs that have counters or the
+/// protected-ranges file (the latter left out on kernels without it).
 fn counter_lines(vms: &[VmInfo], prev: Option<&Sample>) -> String {
     vms.iter()
-        .filter(|vm| !vm.counters.is_empty())
-        .map(|vm| format!("{}: {}\n", vm.vm, counters_summary(vm, prev)))
+        .filter(|vm| !vm.counters.is_empty() || vm.vtl_prot_ranges.is_some())
+        .map(|vm| {
+            let mut parts = Vec::new();
+            if !vm.counters.is_empty() {
+                parts.push(counters_summary(vm, prev));
+            }
+            if vm.vtl_prot_ranges.is_some() {
+                parts.push(format!("vtl_prot_ranges={}", prot_ranges_summary(vm)));
+            }
+            format!("{}: {}\n", vm.vm, parts.join(" "))
+        })
         .collect()
 }
 
-/// `vtlctl ps`: one line per VM.
+/// `vtlctl ps`: one line per VM; PROT_RANGES is [`prot_ranges_summary`].
 pub fn ps_table(vms: &[VmInfo]) -> String {
     ps_table_with(vms, None)
 }
@@ -126,12 +156,22 @@ pub fn ps_table_with(vms: &[VmInfo], prev: Option<&Sample>) -> String {
                 vm.vcpus.len().to_string(),
                 groups_summary(vm),
                 set_summary(vm.vcpus.iter().map(|v| v.vtl)),
+                prot_ranges_summary(vm),
                 counters_summary(vm, prev),
             ]
         })
         .collect();
     table(
-        &["VM", "PID", "COMM", "VCPUS", "GROUPS", "VTLS", "COUNTERS"],
+        &[
+            "VM",
+            "PID",
+            "COMM",
+            "VCPUS",
+            "GROUPS",
+            "VTLS",
+            "PROT_RANGES",
+            "COUNTERS",
+        ],
         &rows,
     )
 }
@@ -321,6 +361,7 @@ mod tests {
                 },
             ],
             counters: BTreeMap::from([("apic_group_irq_dropped".to_string(), 3)]),
+            vtl_prot_ranges: None,
         }
     }
 
@@ -353,8 +394,65 @@ mod tests {
             "2",
             "0,1",
             "0,1",
+            "-",
             "apic_group_irq_dropped=3"
         ])));
+    }
+
+    #[test]
+    fn protected_ranges_per_vtl() {
+        let mut v = vm();
+        assert_eq!(prot_ranges_summary(&v), "-");
+        // Before series v5 the VM line is what it was.
+        assert_eq!(
+            show_table(&[v.clone()]).lines().last(),
+            Some("42-11: apic_group_irq_dropped=3")
+        );
+        v.vtl_prot_ranges = Some(vec![0; 16]);
+        assert_eq!(prot_ranges_summary(&v), "none");
+        v.vtl_prot_ranges = Some((0..16).map(|i| [3, 0, 1][i % 3]).collect());
+        assert_eq!(
+            prot_ranges_summary(&v),
+            "0:3,2:1,3:3,5:1,6:3,8:1,9:3,11:1,12:3,14:1,15:3"
+        );
+        v.vtl_prot_ranges = Some([vec![2, 0, 7], vec![0; 13]].concat());
+        assert_eq!(prot_ranges_summary(&v), "0:2,2:7");
+        let t = show_table(&[v.clone()]);
+        assert_eq!(
+            t.lines().last(),
+            Some("42-11: apic_group_irq_dropped=3 vtl_prot_ranges=0:2,2:7")
+        );
+        assert!(vps_table(&[v.clone()]).ends_with("vtl_prot_ranges=0:2,2:7\n"));
+        let t = ps_table(&[v.clone()]);
+        assert_eq!(
+            t.lines().next().map(|l| l.split_whitespace().nth(6)),
+            Some(Some("PROT_RANGES"))
+        );
+        assert_eq!(
+            t.lines().nth(1).map(|l| l.split_whitespace().nth(6)),
+            Some(Some("0:2,2:7"))
+        );
+        // A VM without counters still gets its line.
+        v.counters.clear();
+        assert!(show_table(&[v.clone()]).ends_with("42-11: vtl_prot_ranges=0:2,2:7\n"));
+        let j: serde_json::Value = serde_json::to_value(VmsDoc {
+            schema: JSON_SCHEMA,
+            vms: &[v],
+            vanished: &[],
+        })
+        .expect("serialize");
+        assert_eq!(j["vms"][0]["vtl_prot_ranges"][2], 7);
+        assert_eq!(
+            j["vms"][0]["vtl_prot_ranges"].as_array().map(Vec::len),
+            Some(16)
+        );
+        let j: serde_json::Value = serde_json::to_value(VmsDoc {
+            schema: JSON_SCHEMA,
+            vms: &[vm()],
+            vanished: &[],
+        })
+        .expect("serialize");
+        assert_eq!(j["vms"][0]["vtl_prot_ranges"], serde_json::Value::Null);
     }
 
     #[test]
@@ -419,6 +517,7 @@ mod tests {
                 },
             ],
             counters: BTreeMap::from([("apic_group_irq_dropped".to_string(), 5)]),
+            vtl_prot_ranges: None,
         };
         // VTL0s run (VP 1's halted), VTL1s parked and armed for their VTL0; vCPU 4 as on a
         // kernel without run_state.

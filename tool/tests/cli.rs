@@ -93,13 +93,12 @@ fn per_vcpu_stats_of_a_recorded_tree_are_dashes_said_once() {
     assert_eq!(rc, 0, "{err}");
     let lines: Vec<&str> = out.lines().collect();
     assert!(
-        lines[0].ends_with("VTL  STATE  NOTIFY  HV_VTL_EXITS  IO_EXITS"),
+        lines[0].ends_with("VTL  STATE  NOTIFY  HV_VTL_EXITS  VTL_PROT_FAULTS  IO_EXITS"),
         "{out}"
     );
     assert!(
-        lines[1..5]
-            .iter()
-            .all(|l| l.starts_with(&name) && l.ends_with("  -      -       -             -")),
+        lines[1..5].iter().all(|l| l.starts_with(&name)
+            && l.ends_with("  -      -       -             -                -")),
         "{out}"
     );
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -116,16 +115,27 @@ fn per_vcpu_stats_of_a_recorded_tree_are_dashes_said_once() {
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
     let stats = &v["vms"][0]["vcpus"][0]["stats"];
     assert_eq!(stats["hv_vtl_exits"], serde_json::Value::Null, "{out}");
+    assert_eq!(stats["vtl_prot_faults"], serde_json::Value::Null, "{out}");
     assert_eq!(stats["exits"], serde_json::Value::Null, "{out}");
-    assert_eq!(stats.as_object().map(|o| o.len()), Some(2), "{out}");
+    assert_eq!(stats.as_object().map(|o| o.len()), Some(3), "{out}");
     for args in [["ps", "--json"], ["vps", "--json"]] {
         let (rc, out, err) = vtlctl(&args, &root);
         assert_eq!((rc, err.as_str()), (0, ""), "{args:?}");
         assert!(!out.contains("stats"), "{args:?}: {out}");
     }
-    // Repeating the default column adds nothing.
-    let (_, out, _) = vtlctl(&["show", "--stat", "hv_vtl_exits"], &root);
+    // Repeating a default column adds nothing.
+    let (_, out, _) = vtlctl(
+        &[
+            "show",
+            "--stat",
+            "hv_vtl_exits",
+            "--stat",
+            "vtl_prot_faults",
+        ],
+        &root,
+    );
     assert_eq!(out.matches("HV_VTL_EXITS").count(), 1, "{out}");
+    assert_eq!(out.matches("VTL_PROT_FAULTS").count(), 1, "{out}");
 }
 
 #[test]
@@ -229,6 +239,7 @@ fn unassigned_vcpus_are_a_dash_and_null() {
             "-",
             "3",
             "0",
+            "-",
             "-",
             "-",
             "-"
@@ -453,10 +464,13 @@ fn v4_live(p: &str, c: &str) -> Option<String> {
 fn v4_run_state_and_debugfs_hv_vtl_exits() {
     let name = v4_name();
     // As recorded: the demo runs no vCPU (stopped), none armed; hv_vtl_exits comes from each
-    // vCPU's debugfs file, so a recorded tree has it (no note about stats fds).
+    // vCPU's debugfs file, so a recorded tree has it; vtl_prot_faults (series v5) it has not:
+    // `-`, and the one note about stats fds.
     let (_t, root) = tree(common::DEMO_V4, keep);
     let (rc, out, err) = vtlctl(&["show"], &root);
-    assert_eq!((rc, err.as_str()), (0, ""), "{out}");
+    assert_eq!(rc, 0, "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(without_stats_note(&err).is_empty(), "{err}");
     let rows: Vec<Vec<&str>> = out
         .lines()
         .map(|l| l.split_whitespace().collect())
@@ -472,20 +486,51 @@ fn v4_run_state_and_debugfs_hv_vtl_exits() {
             "VTL",
             "STATE",
             "NOTIFY",
-            "HV_VTL_EXITS"
+            "HV_VTL_EXITS",
+            "VTL_PROT_FAULTS"
         ]
     );
     assert_eq!(
         rows[1],
-        [name.as_str(), "0", "0", "0", "0", "0", "stopped", "-", "0"]
+        [
+            name.as_str(),
+            "0",
+            "0",
+            "0",
+            "0",
+            "0",
+            "stopped",
+            "-",
+            "0",
+            "-"
+        ]
     );
+    // No vtl_prot_ranges file before series v5: `-` in ps, left out of the VM's line, null.
+    assert_eq!(
+        rows[5],
+        [
+            format!("{name}:"),
+            "apic_group_irq_dropped=0".into(),
+            "hv_vtl_exits=0".into()
+        ],
+        "{out}"
+    );
+    let (_, out, _) = vtlctl(&["ps"], &root);
+    assert_eq!(
+        out.lines().nth(1).and_then(|l| l.split_whitespace().nth(6)),
+        Some("-"),
+        "{out}"
+    );
+    let (_, out, _) = vtlctl(&["ps", "--json"], &root);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["vms"][0]["vtl_prot_ranges"], serde_json::Value::Null);
     // A statistic debugfs does not have still needs the VMM's stats fd: noted, `-`.
     let (rc, out, err) = vtlctl(&["show", "--stat", "io_exits"], &root);
     assert_eq!(rc, 0, "{err}");
     assert!(
         out.lines()
             .nth(1)
-            .is_some_and(|l| l.ends_with("  0             -")),
+            .is_some_and(|l| l.ends_with("  0             -                -")),
         "{out}"
     );
     assert!(err.contains("not a live debugfs"), "{err}");
@@ -496,8 +541,8 @@ fn v4_run_state_and_debugfs_hv_vtl_exits() {
         .lines()
         .map(|l| l.split_whitespace().collect())
         .collect();
-    assert_eq!(rows[1][6..], ["running", "-", "0"], "{out}");
-    assert_eq!(rows[3][6..], ["parked", "0", "7"], "{out}");
+    assert_eq!(rows[1][6..], ["running", "-", "0", "-"], "{out}");
+    assert_eq!(rows[3][6..], ["parked", "0", "7", "-"], "{out}");
     let (_, out, _) = vtlctl(&["vps"], &root);
     let rows: Vec<Vec<&str>> = out
         .lines()
@@ -548,4 +593,133 @@ fn v4_run_state_and_debugfs_hv_vtl_exits() {
         err.contains("vcpu1/run_state") && err.contains("sleeping"),
         "{err}"
     );
+}
+
+/// As on a host where the VMM protected 3 ranges of VTL 0 and 1 of VTL 1, and vCPU 0 (VTL 0)
+/// took 5 protection faults, vCPU 2 (VTL 1) one.
+fn v5_protected(p: &str, c: &str) -> Option<String> {
+    Some(match p {
+        _ if p.ends_with("/vtl_prot_ranges") => "3 1 0 0 0 0 0 0 0 0 0 0 0 0 0 0".into(),
+        _ if p.ends_with("/vcpu0/vtl_prot_faults") => "5".into(),
+        _ if p.ends_with("/vcpu2/vtl_prot_faults") => "1".into(),
+        _ if p.ends_with("-4/vtl_prot_faults") => "6".into(),
+        _ => c.to_string(),
+    })
+}
+
+#[test]
+fn v5_protection_faults_and_ranges() {
+    let name = common::vm_name(common::DEMO_V5);
+    // As recorded: nothing protected, no faults; both from debugfs, so no note at all.
+    let (_t, root) = tree(common::DEMO_V5, keep);
+    let (rc, out, err) = vtlctl(&["show"], &root);
+    assert_eq!((rc, err.as_str()), (0, ""), "{out}");
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows[0][8..], ["HV_VTL_EXITS", "VTL_PROT_FAULTS"], "{out}");
+    assert_eq!(rows[1][8..], ["0", "0"], "{out}");
+    assert_eq!(
+        rows[5],
+        [
+            format!("{name}:").as_str(),
+            "apic_group_irq_dropped=0",
+            "hv_vtl_exits=0",
+            "vtl_prot_faults=0",
+            "vtl_prot_ranges=none"
+        ],
+        "{out}"
+    );
+    let (_, out, _) = vtlctl(&["ps"], &root);
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows[0][6..], ["PROT_RANGES", "COUNTERS"], "{out}");
+    assert_eq!(rows[1][6], "none", "{out}");
+
+    let (_t, root) = tree(common::DEMO_V5, v5_protected);
+    let (rc, out, err) = vtlctl(&["show"], &root);
+    assert_eq!((rc, err.as_str()), (0, ""), "{out}");
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let faults: Vec<&str> = rows[1..5].iter().map(|r| r[9]).collect();
+    assert_eq!(faults, ["5", "0", "1", "0"], "{out}");
+    assert!(
+        out.ends_with("vtl_prot_faults=6 vtl_prot_ranges=0:3,1:1\n"),
+        "{out}"
+    );
+    let (_, out, _) = vtlctl(&["ps"], &root);
+    assert_eq!(
+        out.lines().nth(1).and_then(|l| l.split_whitespace().nth(6)),
+        Some("0:3,1:1"),
+        "{out}"
+    );
+    let (_, out, _) = vtlctl(&["vps"], &root);
+    assert!(out.ends_with("vtl_prot_ranges=0:3,1:1\n"), "{out}");
+    let (_, out, _) = vtlctl(&["show", "--json"], &root);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["vms"][0]["vtl_prot_ranges"][0], 3);
+    assert_eq!(v["vms"][0]["vtl_prot_ranges"][1], 1);
+    assert_eq!(v["vms"][0]["vtl_prot_ranges"][15], 0);
+    assert_eq!(v["vms"][0]["counters"]["vtl_prot_faults"], 6);
+    assert_eq!(v["vms"][0]["vcpus"][0]["stats"]["vtl_prot_faults"], 5);
+    // --vtl filters vCPUs, not the VM's ranges.
+    let (_, out, _) = vtlctl(&["show", "--vtl", "1"], &root);
+    assert!(out.ends_with("vtl_prot_ranges=0:3,1:1\n"), "{out}");
+}
+
+#[test]
+fn v5_malformed_protection_files_are_named() {
+    let cases: &[(&str, &str, &[&str])] = &[
+        // A count that is not a number: named alone.
+        (
+            "/vtl_prot_ranges",
+            "3 1 x 0 0 0 0 0 0 0 0 0 0 0 0 0",
+            &["vtl_prot_ranges", "\"x\"", "count of protected ranges"],
+        ),
+        (
+            "/vtl_prot_ranges",
+            "3 1 0 0 0 0 0 0 0 0 0 0 0 0 0 -1",
+            &["vtl_prot_ranges", "\"-1\""],
+        ),
+        // Too few or too many: the content, and what it should be.
+        (
+            "/vtl_prot_ranges",
+            "3 1",
+            &["vtl_prot_ranges", "\"3 1\"", "16 counts"],
+        ),
+        ("/vtl_prot_ranges", "", &["vtl_prot_ranges", "16 counts"]),
+        (
+            "/vtl_prot_ranges",
+            "0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0",
+            &["16 counts"],
+        ),
+        (
+            "/vcpu1/vtl_prot_faults",
+            "many",
+            &["vcpu1/vtl_prot_faults", "\"many\"", "decimal counter"],
+        ),
+    ];
+    for (file, content, want) in cases {
+        let (_t, root) = tree(common::DEMO_V5, |p, c| {
+            Some(if p.ends_with(file) {
+                content.to_string()
+            } else {
+                c.to_string()
+            })
+        });
+        for args in [&["show"][..], &["ps"], &["vps", "--json"]] {
+            let (rc, out, err) = vtlctl(args, &root);
+            assert_eq!(rc, 1, "{file} {content:?} {args:?}: {out}{err}");
+            assert!(
+                err.starts_with("vtlctl: error: malformed ")
+                    && want.iter().all(|w| err.contains(w)),
+                "{file} {content:?} {args:?}: {err}"
+            );
+        }
+    }
 }

@@ -38,6 +38,7 @@ fn vm_info(pid: u32, fd: i32, ids: &[u32]) -> VmInfo {
             })
             .collect(),
         counters: BTreeMap::new(),
+        vtl_prot_ranges: None,
     }
 }
 

@@ -35,6 +35,7 @@ use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use nix::sys::pthread::pthread_kill;
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 
+use vtlkit_uapi::protections::{memory_fault_exit, MemoryFault};
 use vtlkit_uapi::{ApicGroup, VcpuApicGroupExt};
 
 use crate::guest::{self, pcpu, ucall, Entry};
@@ -891,6 +892,7 @@ fn check_fits(len: u64, max: u64, what: &str) -> Result<()> {
 }
 
 /// What one KVM_RUN gave.
+#[derive(Debug)]
 pub(crate) enum Step {
     Ucall(Ucall),
     /// KVM_RUN returned EINTR/EAGAIN (a kick), or an exit was handled: run again.
@@ -916,13 +918,56 @@ fn run_once(vcpu: &mut Vcpu, mem: &GuestMem, handler: Option<&HypervHandler>) ->
 /// [`run_once`] without the Hyper-V handling: a `KVM_EXIT_HYPERV` is returned as
 /// [`Step::Hyperv`] (the VP runner, [`crate::vp`], answers it with the VTL state machine).
 pub(crate) fn run_once_raw(vcpu: &mut Vcpu, mem: &GuestMem) -> Result<Step> {
+    match run_once_inner(vcpu, mem, false)? {
+        FaultStep::Step(s) => Ok(s),
+        FaultStep::MemoryFault { fault, .. } => {
+            bail!("vCPU {}: unexpected memory fault exit {fault}", vcpu.id)
+        }
+    }
+}
+
+/// What [`run_once_or_fault`] gave.
+#[derive(Debug)]
+pub(crate) enum FaultStep {
+    /// Whatever [`run_once_raw`] returns.
+    Step(Step),
+    /// `KVM_RUN` failed with `EFAULT` and `KVM_EXIT_MEMORY_FAULT` (a per-VTL protection,
+    /// `KVM_SET_VTL_PROTECTION`, or another memory fault: see [`MemoryFault::access`]); the
+    /// vCPU stays at `rip`, so that it completes the access when run again after the
+    /// protection is lifted.
+    MemoryFault {
+        /// The exit, decoded.
+        fault: MemoryFault,
+        /// The vCPU's RIP (the faulting instruction).
+        rip: u64,
+    },
+}
+
+/// [`run_once_raw`] for a VM with memory protections: a `KVM_EXIT_MEMORY_FAULT` is returned
+/// as [`FaultStep::MemoryFault`] instead of being an error.
+pub(crate) fn run_once_or_fault(vcpu: &mut Vcpu, mem: &GuestMem) -> Result<FaultStep> {
+    run_once_inner(vcpu, mem, true)
+}
+
+fn run_once_inner(vcpu: &mut Vcpu, mem: &GuestMem, faults: bool) -> Result<FaultStep> {
     let id = vcpu.id;
     let (port, data) = match vcpu.fd.run() {
-        Ok(VcpuExit::Hyperv) => return Ok(Step::Hyperv),
+        Ok(VcpuExit::Hyperv) => return Ok(FaultStep::Step(Step::Hyperv)),
         Ok(VcpuExit::Unsupported(r)) if r == vtlkit_uapi::raw::KVM_EXIT_EVENT_NOTIFY => {
             let id = vtlkit_uapi::notify::event_notify_exit(vcpu.fd.get_kvm_run())
                 .ok_or_else(|| anyhow!("vCPU {id}: KVM_EXIT_EVENT_NOTIFY not in kvm_run"))?;
-            return Ok(Step::EventNotify(id));
+            return Ok(FaultStep::Step(Step::EventNotify(id)));
+        }
+        Ok(VcpuExit::MemoryFault { .. }) if faults => {
+            let fault = memory_fault_exit(vcpu.fd.get_kvm_run()).ok_or_else(|| {
+                anyhow!("vCPU {id}: KVM_EXIT_MEMORY_FAULT is not in kvm_run any more")
+            })?;
+            let rip = vcpu
+                .fd
+                .get_regs()
+                .map_err(|e| anyhow!("vCPU {id}: KVM_GET_REGS: {e}"))?
+                .rip;
+            return Ok(FaultStep::MemoryFault { fault, rip });
         }
         Ok(VcpuExit::IoOut(port, data)) => {
             let mut d = [0u8; 4];
@@ -952,7 +997,7 @@ pub(crate) fn run_once_raw(vcpu: &mut Vcpu, mem: &GuestMem) -> Result<Step> {
             );
         }
         Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-            return Ok(Step::Interrupted)
+            return Ok(FaultStep::Step(Step::Interrupted))
         }
         Err(e) => bail!("vCPU {id}: KVM_RUN: {e}"),
     };
@@ -989,11 +1034,11 @@ pub(crate) fn run_once_raw(vcpu: &mut Vcpu, mem: &GuestMem) -> Result<Step> {
                 msg(regs.rdi),
                 [regs.rsi, regs.rcx, regs.r8, regs.r9]
             );
-            return Ok(Step::Interrupted);
+            return Ok(FaultStep::Step(Step::Interrupted));
         }
         other => bail!("vCPU {id}: unknown ucall command {other:#x}"),
     };
-    Ok(Step::Ucall(u))
+    Ok(FaultStep::Step(Step::Ucall(u)))
 }
 
 /// A `KVM_EXIT_HYPERV`: to the test's handler if it has one; an HCALL without one is an error

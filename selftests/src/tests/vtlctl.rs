@@ -27,6 +27,11 @@ pub const TESTS: &[Test] = &[
         run: vtlctl_vcpu_stats,
     },
     Test {
+        name: "vtlctl_vtl_protections",
+        about: "`vtlctl show/ps` report a VM's protected ranges per VTL (3 of VTL 0, 1 of VTL 2) and a vCPU's 4 protection faults, as the kernel counted them",
+        run: vtlctl_vtl_protections,
+    },
+    Test {
         name: "vtlctl_caps",
         about: "`vtlctl caps --json` reports the series and the kernel's group count",
         run: vtlctl_caps,
@@ -514,24 +519,144 @@ fn vtlctl_vcpu_stats() -> TestResult {
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
         .filter(|r| r.first() == Some(&name.as_str()))
         .collect();
-    check!(
-        t.lines()
-            .next()
-            .is_some_and(|h| h.ends_with("HV_VTL_EXITS")),
-        "no HV_VTL_EXITS column: {t}"
-    );
+    let col = column(&t, "HV_VTL_EXITS")?;
     let five = CALLS.to_string();
     check_eq!(rows.len(), 2, "rows: {t}");
     check_eq!(
-        rows[0].last().copied(),
+        rows[0].get(col).copied(),
         Some(five.as_str()),
         "vCPU 0 row: {t}"
     );
     let want1 = if in_debugfs { "0" } else { "-" };
-    check_eq!(rows[1].last().copied(), Some(want1), "vCPU 1 row: {t}");
+    check_eq!(rows[1].get(col).copied(), Some(want1), "vCPU 1 row: {t}");
     // A name KVM does not have is bad usage, named.
     let out = vtlctl(&["show", &name, "--stat", "no_such_stat"])?;
     expect_fail(&out, 2, "no_such_stat", "show --stat no_such_stat")?;
     drop(own);
+    Ok(Outcome::Pass)
+}
+
+/// The index of the column `name` in the header of table `t`.
+fn column(t: &str, name: &str) -> anyhow::Result<usize> {
+    t.lines()
+        .next()
+        .and_then(|h| h.split_whitespace().position(|c| c == name))
+        .ok_or_else(|| anyhow!("no {name} column: {t}"))
+}
+
+/// A VM with VTL protections (series v5): N ranges set, M faults taken, both as vtlctl shows
+/// them from debugfs, against what the kernel reports itself.
+fn vtlctl_vtl_protections() -> TestResult {
+    use crate::tests::protect::common::{
+        add_vcpu, expect_fault, insns, new_vm, op, paging, prot_faults, protect, resume, vcpu_mut,
+        Expected, DATA_PAGE,
+    };
+    use crate::vm::VmOptions;
+    use vtlkit_uapi::protections::{Access, FaultAccess};
+
+    require!(is_root(), "debugfs is readable by root only");
+    let kvm = Kvm::new().map_err(|e| anyhow!("open /dev/kvm: {e}"))?;
+    require!(
+        vtlkit_uapi::protections::vtl_protections_supported(&kvm),
+        "KVM_CAP_VTL_PROTECTIONS not supported (series v5)"
+    );
+    const FAULTS: u64 = 4;
+    let paging = paging()?;
+    // SAFETY: gettid has no preconditions. KVM names the VM's debugfs directory after the
+    // creating thread (this one).
+    let tid = unsafe { libc::gettid() };
+    let mut vm = new_vm(VmOptions::default(), 7)?;
+    let name = format!("{tid}-{}", vm.fd.as_raw_fd());
+    let v = add_vcpu(&mut vm, 0)?;
+    // VTL 0: the data page read-only, and two ranges outside guest memory; VTL 2: one range.
+    protect(&vm, DATA_PAGE, 1, 0, Access::READ)?;
+    protect(&vm, 1 << 32, 16, 0, Access::NONE)?;
+    protect(&vm, 2 << 32, 512, 0, Access::READ_EXEC)?;
+    protect(&vm, 3 << 32, 1, 2, Access::READ_WRITE)?;
+    // The write faults, and faults again each time the vCPU is run.
+    let store = insns().inc;
+    let want = Expected {
+        access: FaultAccess::Write,
+        gpa: DATA_PAGE,
+        gva: DATA_PAGE,
+        rip: crate::tests::protect::common::code_rip(store),
+    };
+    expect_fault(
+        op(&mut vm, v, crate::guest::memops::INC, DATA_PAGE)?,
+        want,
+        paging,
+        "INC of the read-only page",
+    )?;
+    for i in 2..=FAULTS {
+        expect_fault(resume(&mut vm, v)?, want, paging, &format!("fault {i}"))?;
+    }
+    let kernel_faults = prot_faults(vcpu_mut(&mut vm, v)?)?;
+    check_eq!(
+        kernel_faults,
+        FAULTS,
+        "the vCPU's vtl_prot_faults (binary stats)"
+    );
+    let ranges = std::fs::read_to_string(format!("{DEBUGFS}/kvm/{name}/vtl_prot_ranges"))
+        .with_context(|| format!("reading the debugfs vtl_prot_ranges of VM {name}"))?;
+    check_eq!(
+        ranges.trim(),
+        "3 0 1 0 0 0 0 0 0 0 0 0 0 0 0 0",
+        "debugfs vtl_prot_ranges"
+    );
+
+    let out = vtlctl(&["show", "--json", &name])?;
+    let doc = json(&out, "vtlctl show --json")?;
+    let vmdoc = &doc["vms"][0];
+    check_eq!(
+        vmdoc["vcpus"][0]["stats"]["vtl_prot_faults"],
+        kernel_faults,
+        "vCPU 0's vtl_prot_faults in vtlctl's JSON: {doc}"
+    );
+    check_eq!(
+        vmdoc["counters"]["vtl_prot_faults"],
+        kernel_faults,
+        "the VM's vtl_prot_faults: {doc}"
+    );
+    let per_vtl: Vec<u64> = vmdoc["vtl_prot_ranges"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default();
+    check_eq!(
+        per_vtl,
+        [vec![3, 0, 1], vec![0; 13]].concat(),
+        "vtl_prot_ranges in vtlctl's JSON: {doc}"
+    );
+    let out = vtlctl(&["show", &name])?;
+    let t = text(&out.stdout);
+    check!(
+        out.status.success(),
+        "vtlctl show {name}: {}",
+        text(&out.stderr)
+    );
+    let col = column(&t, "VTL_PROT_FAULTS")?;
+    let four = FAULTS.to_string();
+    check_eq!(
+        t.lines().nth(1).and_then(|l| l.split_whitespace().nth(col)),
+        Some(four.as_str()),
+        "vCPU 0's VTL_PROT_FAULTS: {t}"
+    );
+    check!(
+        t.lines()
+            .last()
+            .is_some_and(|l| l.starts_with(&format!("{name}: "))
+                && l.ends_with(" vtl_prot_ranges=0:3,2:1")
+                && l.contains(&format!("vtl_prot_faults={FAULTS}"))),
+        "the VM's line: {t}"
+    );
+    let out = vtlctl(&["ps"])?;
+    let t = text(&out.stdout);
+    let col = column(&t, "PROT_RANGES")?;
+    check_eq!(
+        t.lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .and_then(|l| l.split_whitespace().nth(col)),
+        Some("0:3,2:1"),
+        "ps: {t}"
+    );
     Ok(Outcome::Pass)
 }

@@ -14,6 +14,19 @@ pub const NO_SERIES: &str = include_str!("../fixtures/no-series.tree");
 /// `vtlctl demo --vps 2 --vtls 2` recorded on the series v4 kernel: each vCPU directory has
 /// `run_state`, `event_notify_target` and `hv_vtl_exits`.
 pub const DEMO_V4: &str = include_str!("../fixtures/demo-2x2-v4.tree");
+/// `vtlctl demo --vps 2 --vtls 2` recorded on the series v5 kernel: also each vCPU's
+/// `vtl_prot_faults` and the VM's `vtl_prot_faults` and `vtl_prot_ranges`.
+pub const DEMO_V5: &str = include_str!("../fixtures/demo-2x2-v5.tree");
+
+/// The VM (`<pid>-<fd>`) of a fixture.
+pub fn vm_name(fixture: &str) -> String {
+    fixture
+        .lines()
+        .next()
+        .and_then(|l| l.split('/').next())
+        .expect("fixture has a VM")
+        .to_string()
+}
 
 /// Materialise a fixture under `<tmp>/kvm`, applying `edit(path, content) -> Option<content>`
 /// (None drops the file).

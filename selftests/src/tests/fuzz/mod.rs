@@ -84,6 +84,7 @@ use crate::vm::{lapic_bit, lapic_reg, layout, GuestMem, GuestRecord, Running, Te
 
 mod hv;
 mod notify;
+mod prot;
 
 pub const TESTS: &[Test] = &[Test {
     name: "fuzz_apic_groups",
@@ -208,9 +209,11 @@ enum Call {
     Run,
     SetEventNotify,
     GetEventNotify,
+    SetVtlProtection,
+    GetVtlProtection,
 }
 
-const CALLS: [(Call, &str); 19] = [
+const CALLS: [(Call, &str); 21] = [
     (Call::CreateVm, "KVM_CREATE_VM"),
     (Call::CreateVcpu, "KVM_CREATE_VCPU"),
     (Call::EnableCap, "KVM_ENABLE_CAP"),
@@ -233,6 +236,8 @@ const CALLS: [(Call, &str); 19] = [
     ),
     (Call::SetEventNotify, "KVM_SET_EVENT_NOTIFY"),
     (Call::GetEventNotify, "KVM_GET_EVENT_NOTIFY"),
+    (Call::SetVtlProtection, "KVM_SET_VTL_PROTECTION"),
+    (Call::GetVtlProtection, "KVM_GET_VTL_PROTECTION"),
 ];
 
 #[derive(Default)]
@@ -280,6 +285,18 @@ struct Stats {
     notify_tpr_blocked: AtomicU64,
     notify_tpr_fired: AtomicU64,
     notify_park_deferred: AtomicU64,
+    /// KVM_CAP_VTL_PROTECTIONS ([`prot`]): VMs that enabled it, successful SETs (of them while
+    /// vCPUs ran, and restricting guest memory for a VTL no vCPU has), refused calls, GETs and
+    /// walks checked against the model, lifts for a newly assigned VTL, debugfs counts checked.
+    prot_vms: AtomicU64,
+    prot_sets: AtomicU64,
+    prot_running: AtomicU64,
+    prot_guest_mem: AtomicU64,
+    prot_refused: AtomicU64,
+    prot_gets: AtomicU64,
+    prot_walks: AtomicU64,
+    prot_lifts: AtomicU64,
+    prot_debugfs: AtomicU64,
 }
 
 impl Stats {
@@ -1003,6 +1020,8 @@ struct FuzzVm {
     hv: hv::HvVm,
     /// KVM_CAP_VCPU_EVENT_NOTIFY: enabled or not, VTL sibling pairs, their injector thread.
     notify: notify::NotifyVm,
+    /// KVM_CAP_VTL_PROTECTIONS: enabled or not, the model of each VTL's ranges.
+    prot: prot::ProtVm,
 }
 
 impl FuzzVm {
@@ -1384,7 +1403,7 @@ impl Fuzzer {
             return self.create_vm();
         }
         let k = self.rng.below(self.vms.len() as u64) as usize;
-        match self.rng.below(125) {
+        match self.rng.below(129) {
             0..=1 if self.vms.len() < MAX_VMS => self.create_vm(),
             0..=2 => self.destroy_vm(k),
             3..=8 => self.create_vcpu(k),
@@ -1414,6 +1433,7 @@ impl Fuzzer {
             112..=114 => self.hv_msrs(k),
             115 => self.enable_vsm(k),
             116..=119 => self.probe_sint(k),
+            120..=123 => self.prot_op(k),
             _ => self.check_guests(k),
         }
     }
@@ -1518,6 +1538,7 @@ impl Fuzzer {
             }
         }
         let notify_enabled = self.notify_enable_at_create(&vm.fd, serial, irqchip, notify_pairs)?;
+        let prot = self.prot_at_create(&vm.fd, serial)?;
         let code = fuzz_guest_code();
         check!(
             code.len() as u64 <= FUZZ_TABLES - FUZZ_CODE,
@@ -1572,6 +1593,7 @@ impl Fuzzer {
             probe_irqfd: None,
             hv: hvm,
             notify: notify::NotifyVm::new(notify_enabled, notify_pairs),
+            prot,
         };
         if irqchip && hyperv {
             let efd = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| anyhow!("eventfd: {e}"))?;
@@ -1923,10 +1945,12 @@ impl Fuzzer {
         let r = fvm.fd(index)?.set_apic_group_raw(&ag);
         let got = r.as_ref().err().map(|e| e.errno());
         self.note(format!("{what} -> {}", got.map_or("ok".into(), errname)));
+        let mut newly_assigned = false;
         match (got, expected) {
             (None, None) => {
                 let v = &mut self.vms[k].vcpus[index];
                 if v.assigned.is_none() {
+                    newly_assigned = true;
                     v.assigned = Some(asked);
                     // The ID registers are reset to the new ID, as at RESET.
                     if v.mode != ApicMode::X2apic {
@@ -1943,6 +1967,10 @@ impl Fuzzer {
                 errname(e),
                 x.map_or("success".into(), errname)
             ),
+        }
+        if newly_assigned {
+            // Before it runs: its VTL's restrictions of guest memory go ([`prot`]).
+            self.prot_vtl_assigned(k, ag.vtl)?;
         }
         self.check_get(k, index, "after KVM_SET_APIC_GROUP")?;
         if self.rng.one_in(3) {
@@ -3653,6 +3681,18 @@ fn fuzz_apic_groups() -> TestResult {
     } else {
         println!("# fuzz: notify: off (no KVM_CAP_VCPU_EVENT_NOTIFY: the kernel lacks series v4)");
     }
+    println!(
+        "# fuzz: prot: prot_vms={} sets={} sets_while_running={} guest_memory_sets={} refused={} gets_checked={} walks={} lifts_on_assign={} debugfs_checks={}",
+        ld(&stats.prot_vms),
+        ld(&stats.prot_sets),
+        ld(&stats.prot_running),
+        ld(&stats.prot_guest_mem),
+        ld(&stats.prot_refused),
+        ld(&stats.prot_gets),
+        ld(&stats.prot_walks),
+        ld(&stats.prot_lifts),
+        ld(&stats.prot_debugfs),
+    );
     if let Some(why) = tolerated {
         println!(
             "# fuzz: STOPPED EARLY after {secs:.1} s: a nested vCPU triple-faulted with no exception recorded, under TCG: QEMU's nested-SVM corruption (README, issue 12), tolerated under TCG only; the VMs were dropped without their final checks: {why}"

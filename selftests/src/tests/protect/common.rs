@@ -1,16 +1,17 @@
 // SPDX-License-Identifier: GPL-2.0-only OR Apache-2.0
 //! What the protection tests share: a VM opted in to `KVM_CAP_VTL_PROTECTIONS` whose vCPUs run
 //! the memory-access guest ([`Entry::MemOps`]), a runner that returns a protection fault as an
-//! event (the framework's runner treats every exit but a ucall as an error), the checks of a
-//! fault, and the paging mode the host KVM uses.
+//! event (on the framework's [`vm::run_once_or_fault`]), the checks of a fault, and the paging
+//! mode the host KVM uses.
 
 use anyhow::{anyhow, bail, Context, Result};
-use kvm_ioctls::VcpuExit;
 use vtlkit_uapi::protections::{self, Access, FaultAccess, MemoryFault, VtlProtection, PAGE_SIZE};
 
-use crate::guest::{self, memops, ucall, Entry};
+use crate::guest::{self, memops, Entry};
 use crate::stats::Stats;
-use crate::vm::{layout, GuestMem, GuestRecord, TestVm, Vcpu, VmOptions};
+use crate::vm::{
+    self, layout, FaultStep, GuestMem, GuestRecord, Step, TestVm, Ucall, Vcpu, VmOptions,
+};
 
 /// The data page the tests protect: inside the guest's second 2 MiB page (0x200000..0x400000,
 /// one large page in the guest's page tables), with unprotected neighbours on both sides.
@@ -116,81 +117,28 @@ pub(crate) enum Event {
 }
 
 /// One `KVM_RUN` (more if the guest prints): a round's SYNC, a memory fault, or a kick; any
-/// other exit, and a guest ABORT, is an error that says what the guest did.
+/// other exit or ucall, and a guest ABORT, is an error that says what the guest did (the
+/// framework's [`vm::run_once_or_fault`] decodes the exits).
 pub(crate) fn run_raw(vcpu: &mut Vcpu, mem: &GuestMem) -> Result<Event> {
     let id = vcpu.id;
-    loop {
-        let (port, data) = match vcpu.fd.run() {
-            Ok(VcpuExit::MemoryFault { .. }) => {
-                let fault =
-                    protections::memory_fault_exit(vcpu.fd.get_kvm_run()).ok_or_else(|| {
-                        anyhow!("vCPU {id}: KVM_EXIT_MEMORY_FAULT is not in kvm_run any more")
-                    })?;
-                let rip = vcpu
-                    .fd
-                    .get_regs()
-                    .map_err(|e| anyhow!("vCPU {id}: KVM_GET_REGS: {e}"))?
-                    .rip;
-                return Ok(Event::Fault { fault, rip });
-            }
-            Ok(VcpuExit::IoOut(port, data)) => {
-                let mut d = [0u8; 4];
-                let n = data.len().min(4);
-                d[..n].copy_from_slice(&data[..n]);
-                (port, u32::from_le_bytes(d))
-            }
-            Ok(other) => {
-                let what = format!("{other:?}");
-                let rip = vcpu.fd.get_regs().map(|r| r.rip).unwrap_or(0);
-                let record = GuestRecord::read(mem, vcpu.index)
-                    .map(|r| r.to_string())
-                    .unwrap_or_else(|e| format!("guest record unreadable: {e:#}"));
-                bail!(
-                    "vCPU {id}: unexpected exit {what} at RIP {rip:#x} (guest code offset {:#x}); {record}",
-                    rip.wrapping_sub(layout::CODE)
-                );
-            }
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                return Ok(Event::Interrupted)
-            }
-            Err(e) => bail!("vCPU {id}: KVM_RUN: {e}"),
-        };
-        let regs = vcpu
-            .fd
-            .get_regs()
-            .map_err(|e| anyhow!("vCPU {id}: KVM_GET_REGS: {e}"))?;
-        let off = regs.rip.wrapping_sub(layout::CODE);
-        if port != ucall::PORT {
-            bail!("vCPU {id}: unexpected OUT to port {port:#x} (value {data:#x}) at guest code offset {off:#x}");
+    let u = match vm::run_once_or_fault(vcpu, mem)? {
+        FaultStep::MemoryFault { fault, rip } => return Ok(Event::Fault { fault, rip }),
+        FaultStep::Step(Step::Interrupted) => return Ok(Event::Interrupted),
+        FaultStep::Step(Step::Ucall(u)) => u,
+        FaultStep::Step(other) => bail!("vCPU {id}: unexpected {other:?}"),
+    };
+    match u {
+        Ucall::Sync {
+            stage: memops::STAGE_MEM_DONE,
+            args: [result, rounds, op, _],
+        } => Ok(Event::Done { result, rounds, op }),
+        Ucall::Abort { .. } => {
+            let record = GuestRecord::read(mem, vcpu.index)
+                .map(|r| r.to_string())
+                .unwrap_or_default();
+            bail!("vCPU {id}: {u}; {record}")
         }
-        let msg = || {
-            mem.read_cstr(regs.rdi, 256)
-                .unwrap_or_else(|e| format!("<unreadable message: {e}>"))
-        };
-        match data {
-            ucall::SYNC if regs.rdi == memops::STAGE_MEM_DONE => {
-                return Ok(Event::Done {
-                    result: regs.rsi,
-                    rounds: regs.rcx,
-                    op: regs.r8,
-                })
-            }
-            ucall::PRINT => eprintln!("# guest vCPU {id}: {}", msg()),
-            ucall::ABORT => {
-                let record = GuestRecord::read(mem, vcpu.index)
-                    .map(|r| r.to_string())
-                    .unwrap_or_default();
-                bail!(
-                    "vCPU {id}: guest assertion failed: {}; values {:#x?} (guest code offset {off:#x}); {record}",
-                    msg(),
-                    [regs.rsi, regs.rcx, regs.r8, regs.r9]
-                );
-            }
-            other => bail!(
-                "vCPU {id}: unexpected ucall {other:#x} (stage {:#x}) at guest code offset {off:#x}",
-                regs.rdi
-            ),
-        }
+        other => bail!("vCPU {id}: unexpected ucall {other}"),
     }
 }
 
