@@ -145,7 +145,9 @@ mod enable;
 mod exit;
 pub mod hv;
 mod input;
+pub mod intercept;
 mod ipi;
+mod kvm_protections;
 mod regs;
 mod switch;
 #[cfg(test)]
@@ -161,6 +163,10 @@ pub use backend::{
 };
 pub use exit::{set_hcall_result, HcallExit};
 pub use hv::{Control, HvStatus, InitialVpContext, InputVtl};
+pub use intercept::{InterceptOutcome, MemoryInterceptMessage, MessageDelivery};
+pub use kvm_protections::{
+    map_flags_access, KvmProtections, SetVtlProtection, MAP_FLAGS_SUPPORTED,
+};
 pub use wake::NotifyOutcome;
 
 /// Number of VTLs the TLFS architecture allows (0..=15).
@@ -404,6 +410,8 @@ pub struct Vp<V> {
     /// The VTL each VTL was entered from (VtlCall or interrupt), where its VtlReturn goes;
     /// [`NO_VTL`] when it was not entered from a lower one.
     entered_from: [u8; NUM_VTLS],
+    /// Secure intercept messages waiting for each VTL's SINT0 slot (see [`intercept`]).
+    pending_intercept: Vec<Option<Box<[u8; intercept::synic::MESSAGE_SIZE]>>>,
 }
 
 /// "No VTL" in [`Vp`]'s bookkeeping.
@@ -426,6 +434,7 @@ impl<V: VtlVcpu> Vp<V> {
             ids,
             armed: 0,
             entered_from: [NO_VTL; NUM_VTLS],
+            pending_intercept: (0..NUM_VTLS).map(|_| None).collect(),
         }
     }
 
