@@ -34,6 +34,7 @@ use kvm_bindings::{
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use nix::sys::pthread::pthread_kill;
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use vtlkit_uapi::protections::MemoryFault;
 
 use vtlkit_uapi::{ApicGroup, VcpuApicGroupExt};
 
@@ -852,7 +853,9 @@ impl TestVm {
         loop {
             match run_once(vcpu, &mem, handler.as_ref())? {
                 Step::Ucall(u) => return Ok(u),
-                Step::Interrupted | Step::Hyperv | Step::EventNotify(_) => continue,
+                Step::Interrupted | Step::Hyperv | Step::EventNotify(_) | Step::MemoryFault(_) => {
+                    continue
+                }
             }
         }
     }
@@ -901,6 +904,24 @@ pub(crate) enum Step {
     /// A `KVM_EXIT_EVENT_NOTIFY` naming the armed vCPU (its vcpu_id) that has an event
     /// ([`run_once_raw`] only; the VP runner switches VTL).
     EventNotify(u32),
+    /// A `KVM_EXIT_MEMORY_FAULT` that is a VTL protection violation (an access flag set;
+    /// [`run_once_raw`] only; the VP runner hands it to the VTL state machine as a secure
+    /// intercept). The vCPU stays at the faulting instruction.
+    MemoryFault(MemoryFault),
+}
+
+/// The series' access flags of `KVM_EXIT_MEMORY_FAULT`: a VTL protection violation.
+const PROTECTION_FLAGS: u64 = (vtlkit_uapi::raw::KVM_MEMORY_EXIT_FLAG_READ
+    | vtlkit_uapi::raw::KVM_MEMORY_EXIT_FLAG_WRITE
+    | vtlkit_uapi::raw::KVM_MEMORY_EXIT_FLAG_EXEC) as u64;
+
+/// The `KVM_EXIT_MEMORY_FAULT` in `vcpu`'s `kvm_run`, decoded with the series' flags
+/// ([`vtlkit_uapi::protections::memory_fault_exit`]), after kvm-ioctls' `run()` returned
+/// `VcpuExit::MemoryFault`. Shared by the VP runner and the protection tests' runner.
+pub(crate) fn memory_fault(vcpu: &mut Vcpu) -> Result<MemoryFault> {
+    let id = vcpu.id;
+    vtlkit_uapi::protections::memory_fault_exit(vcpu.fd.get_kvm_run())
+        .ok_or_else(|| anyhow!("vCPU {id}: KVM_EXIT_MEMORY_FAULT is not in kvm_run any more"))
 }
 
 /// One KVM_RUN. Decodes ucalls; PRINT is printed here and reported as `Interrupted` (the caller
@@ -909,6 +930,14 @@ pub(crate) enum Step {
 fn run_once(vcpu: &mut Vcpu, mem: &GuestMem, handler: Option<&HypervHandler>) -> Result<Step> {
     match run_once_raw(vcpu, mem)? {
         Step::Hyperv => handle_hyperv(vcpu, handler),
+        Step::MemoryFault(f) => {
+            let rip = vcpu.fd.get_regs().map(|r| r.rip).unwrap_or(0);
+            bail!(
+                "vCPU {}: unexpected VTL protection fault ({f}) at guest code offset {:#x}",
+                vcpu.id,
+                rip.wrapping_sub(layout::CODE)
+            )
+        }
         other => Ok(other),
     }
 }
@@ -919,6 +948,9 @@ pub(crate) fn run_once_raw(vcpu: &mut Vcpu, mem: &GuestMem) -> Result<Step> {
     let id = vcpu.id;
     let (port, data) = match vcpu.fd.run() {
         Ok(VcpuExit::Hyperv) => return Ok(Step::Hyperv),
+        Ok(VcpuExit::MemoryFault { flags, .. }) if flags & PROTECTION_FLAGS != 0 => {
+            return Ok(Step::MemoryFault(memory_fault(vcpu)?));
+        }
         Ok(VcpuExit::Unsupported(r)) if r == vtlkit_uapi::raw::KVM_EXIT_EVENT_NOTIFY => {
             let id = vtlkit_uapi::notify::event_notify_exit(vcpu.fd.get_kvm_run())
                 .ok_or_else(|| anyhow!("vCPU {id}: KVM_EXIT_EVENT_NOTIFY not in kvm_run"))?;
@@ -1079,7 +1111,7 @@ fn vcpu_thread(
     let index = vcpu.index;
     while !sh.stop.load(Ordering::SeqCst) {
         match run_once(&mut vcpu, &mem, handler.as_ref()) {
-            Ok(Step::Interrupted | Step::Hyperv | Step::EventNotify(_)) => {}
+            Ok(Step::Interrupted | Step::Hyperv | Step::EventNotify(_) | Step::MemoryFault(_)) => {}
             Ok(Step::Ucall(u)) => {
                 let last = !matches!(u, Ucall::Sync { .. });
                 sh.push(index, Ok(u));

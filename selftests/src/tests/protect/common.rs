@@ -122,10 +122,7 @@ pub(crate) fn run_raw(vcpu: &mut Vcpu, mem: &GuestMem) -> Result<Event> {
     loop {
         let (port, data) = match vcpu.fd.run() {
             Ok(VcpuExit::MemoryFault { .. }) => {
-                let fault =
-                    protections::memory_fault_exit(vcpu.fd.get_kvm_run()).ok_or_else(|| {
-                        anyhow!("vCPU {id}: KVM_EXIT_MEMORY_FAULT is not in kvm_run any more")
-                    })?;
+                let fault = crate::vm::memory_fault(vcpu)?;
                 let rip = vcpu
                     .fd
                     .get_regs()
