@@ -483,6 +483,10 @@ pub mod vsm {
         pub const INSN_BYTES: u64 = 0x90;
         /// u64: RAX after the allow/deny hypercall (its status).
         pub const HC_STATUS: u64 = 0x98;
+        /// u64: memory access info read (bit 0 GvaValid).
+        pub const ACCESS_INFO: u64 = 0xa0;
+        /// u64: GVA read.
+        pub const GVA: u64 = 0xa8;
         /// [`ACTION`]: lift the protection with the allow hypercall.
         pub const ALLOW: u64 = 1;
         /// [`ACTION`]: skip VTL0's instruction (its RIP += the message's length).
@@ -1651,6 +1655,10 @@ vtlkit_guest_vsm_intercept:
     mov [rbx + {ICPT_GPA}], rax
     mov rax, [rsi + {MSG_INSN_BYTES}]
     mov [rbx + {ICPT_INSN_BYTES}], rax
+    movzx eax, byte ptr [rsi + {MSG_ACCESS_INFO}]
+    mov [rbx + {ICPT_ACCESS_INFO}], rax
+    mov rax, [rsi + {MSG_GVA}]
+    mov [rbx + {ICPT_GVA}], rax
     mov rax, [rbx + {ICPT_ACTION}]
     cmp rax, {ICPT_ALLOW}
     jne 2f
@@ -1906,6 +1914,10 @@ vtlkit_guest_end:
     ICPT_GPA = const vsm::icpt::GPA,
     ICPT_INSN_BYTES = const vsm::icpt::INSN_BYTES,
     ICPT_HC_STATUS = const vsm::icpt::HC_STATUS,
+    ICPT_ACCESS_INFO = const vsm::icpt::ACCESS_INFO,
+    ICPT_GVA = const vsm::icpt::GVA,
+    MSG_ACCESS_INFO = const im::PAYLOAD + im::ACCESS_INFO,
+    MSG_GVA = const im::PAYLOAD + im::GVA,
     ICPT_ALLOW = const vsm::icpt::ALLOW,
     ICPT_DENY = const vsm::icpt::DENY,
     MSG_TYPE = const im::TYPE,

@@ -387,6 +387,10 @@ pub struct InterceptSeen {
     pub insn_bytes: u64,
     /// Status of the allow/deny hypercall.
     pub hc_status: u64,
+    /// Memory access info (bit 0 GvaValid).
+    pub access_info: u64,
+    /// GVA.
+    pub gva: u64,
 }
 
 impl VsmVm {
@@ -544,6 +548,8 @@ impl VsmVm {
             gpa: q(icpt::GPA)?,
             insn_bytes: q(icpt::INSN_BYTES)?,
             hc_status: q(icpt::HC_STATUS)?,
+            access_info: q(icpt::ACCESS_INFO)?,
+            gva: q(icpt::GVA)?,
         })
     }
 
@@ -992,8 +998,14 @@ fn answer(
     let outcome = {
         let mut p = lock(&sh.partition);
         let delivery = delivery(vmfd);
-        let (mut none, mut kvm, mut siblings) = (NoProtections, kvm_protections(vmfd), NoSiblings);
-        let protections: &mut dyn Protections = if sh.protections { &mut kvm } else { &mut none };
+        let (mut none, mut siblings) = (NoProtections, NoSiblings);
+        let mut kvm;
+        let protections: &mut dyn Protections = if sh.protections {
+            kvm = kvm_protections(vmfd);
+            &mut kvm
+        } else {
+            &mut none
+        };
         let mut env = Env {
             memory: &**mem,
             delivery: &delivery,

@@ -27,6 +27,7 @@ use super::common::{enable_vtl1, require_vsm, run, VP};
 use crate::guest;
 use crate::harness::{Outcome, TestResult};
 use crate::hyperv::{status, Step};
+use crate::tests::protect::common::Paging;
 use crate::vm::layout;
 use crate::vp::{
     modify_protection_control, protection_input, vsm_layout, InterceptAction, Round, VpEvent,
@@ -134,6 +135,18 @@ fn intercept(action: InterceptAction) -> Result<()> {
             let _ = writeln!(f, "VTL1's message: {name} is {got:#x}, expected {want:#x}");
         }
     }
+    // The GVA: KVM reports it under shadow paging (identity mapped: the page), not with TDP.
+    let shadow = crate::tests::protect::common::paging()? == Paging::Shadow;
+    let (want_info, want_gva) = if shadow { (1, page) } else { (0, 0) };
+    if s.access_info & 1 != want_info || s.gva != want_gva {
+        let _ = writeln!(
+            f,
+            "VTL1's message: GvaValid {} and GVA {:#x}, expected {want_info} and {want_gva:#x} ({} paging)",
+            s.access_info & 1,
+            s.gva,
+            if shadow { "shadow" } else { "TDP" }
+        );
+    }
     if s.insn_count == 0 {
         let _ = writeln!(f, "VTL1's message carries no instruction bytes");
     }
@@ -196,8 +209,18 @@ fn intercept(action: InterceptAction) -> Result<()> {
         bail!("{f}runner log: {events:?}");
     }
     eprintln!(
-        "# intercept ({action:?}): VTL1 read type {:#x}, GPA {:#x}, write, VP {}, length {}, {} instruction bytes; VTL0 read {:#x}",
-        s.msg_type, s.gpa, s.vp_index, s.insn_len, s.insn_count, out.rax
+        "# intercept ({action:?}): VTL1 read type {:#x}, GPA {:#x}, GVA {}, write, VP {}, length {}, {} instruction bytes; VTL0 read {:#x}",
+        s.msg_type,
+        s.gpa,
+        if s.access_info & 1 != 0 {
+            format!("{:#x}", s.gva)
+        } else {
+            "not valid".to_string()
+        },
+        s.vp_index,
+        s.insn_len,
+        s.insn_count,
+        out.rax
     );
     Ok(())
 }
