@@ -285,6 +285,9 @@ pub mod hvprog {
     /// `add qword ptr [A0], A1` (the instruction at [`super::hv_add_insn_offset`], 3 bytes);
     /// RESULT = the qword at A0 read back after it. A VTL protection fault leaves RIP there.
     pub const ADD_MEM: u64 = 11;
+    /// `mov rax, qword ptr [A0]` (the instruction at [`super::hv_load_insn_offset`], 3 bytes);
+    /// RESULT = the value read.
+    pub const LOAD_MEM: u64 = 12;
     /// u64 ([`SPIN_UNTIL`]): the TSC budget.
     pub const A2: u64 = 24;
 
@@ -1081,6 +1084,8 @@ vtlkit_guest_hv_step:
     je vtlkit_guest_spin_until
     cmp rax, {HVPROG_ADD_MEM}
     je vtlkit_guest_hv_add_mem
+    cmp rax, {HVPROG_LOAD_MEM}
+    je vtlkit_guest_hv_load_mem
     GUEST_ASSERT_EQ rax, {HVPROG_GATE}, "unknown hypercall-program step"
     mov rdi, {STAGE_HV_GATE}
     mov rsi, [rbx + {HVPROG_A0}]
@@ -1100,6 +1105,17 @@ vtlkit_guest_hv_add_mem:
 vtlkit_guest_hv_add_insn:
     add qword ptr [rdx], rax
     mov rax, [rdx]
+    mov [rbx + {HVPROG_RESULT}], rax
+    ret
+
+// vtlkit_guest_hv_load_mem: program step LOAD_MEM, RBX = the entry: `mov rax, [A0]` at
+// vtlkit_guest_hv_load_insn; RESULT = the value.
+vtlkit_guest_hv_load_mem:
+    mov rdx, [rbx + {HVPROG_A0}]
+    xor eax, eax
+    .globl vtlkit_guest_hv_load_insn
+vtlkit_guest_hv_load_insn:
+    mov rax, qword ptr [rdx]
     mov [rbx + {HVPROG_RESULT}], rax
     ret
 
@@ -1893,6 +1909,7 @@ vtlkit_guest_end:
     HVPROG_SPIN_UNTIL = const hvprog::SPIN_UNTIL,
     HVPROG_A2 = const hvprog::A2,
     HVPROG_ADD_MEM = const hvprog::ADD_MEM,
+    HVPROG_LOAD_MEM = const hvprog::LOAD_MEM,
     PCPU_VSM_ICPT = const pcpu::VSM_ICPT,
     ICPT_VECTOR = const vsm::icpt::VECTOR,
     ICPT_SIMP = const vsm::icpt::SIMP,
@@ -2017,6 +2034,7 @@ extern "C" {
     static vtlkit_guest_mem_inc_insn: u8;
     static vtlkit_guest_mem_store_insn: u8;
     static vtlkit_guest_hv_add_insn: u8;
+    static vtlkit_guest_hv_load_insn: u8;
 }
 
 /// The message offsets the VTL1 intercept handler reads.
@@ -2026,6 +2044,11 @@ use vtlkit_uapi::vtl::intercept::msg as im;
 /// blob: where a protection fault of that step leaves VTL0's RIP.
 pub fn hv_add_insn_offset() -> u64 {
     offset_of_symbol(&raw const vtlkit_guest_hv_add_insn)
+}
+
+/// Offset of the instruction of [`hvprog::LOAD_MEM`] (`mov rax, [rdx]`, 3 bytes).
+pub fn hv_load_insn_offset() -> u64 {
+    offset_of_symbol(&raw const vtlkit_guest_hv_load_insn)
 }
 
 /// Size of one interrupt stub; vector v's handler is at `ISR_STUBS + v * ISR_STUB_SIZE`.

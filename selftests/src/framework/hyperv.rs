@@ -546,6 +546,12 @@ pub enum Step {
         /// What is added.
         value: u64,
     },
+    /// `mov rax, qword ptr [addr]` ([`crate::guest::hvprog::LOAD_MEM`]): a memory read a VTL
+    /// protection can stop; the outcome's RAX is the value read.
+    LoadMem {
+        /// GPA (identity mapped) of the qword.
+        addr: u64,
+    },
     /// Benchmark: `count` times the same hypercall, each must return HV_STATUS_SUCCESS.
     HcallLoop {
         /// Control word (RCX).
@@ -746,6 +752,11 @@ pub(crate) fn load(mem: &GuestMem, index: usize, prog: &Program) -> Result<Loade
                 w(hvprog::KIND, hvprog::ADD_MEM)?;
                 w(hvprog::A0, *addr)?;
                 w(hvprog::A1, *value)?;
+            }
+            Step::LoadMem { addr } => {
+                rdxs.push(0);
+                w(hvprog::KIND, hvprog::LOAD_MEM)?;
+                w(hvprog::A0, *addr)?;
             }
             Step::HcallLoop {
                 control,

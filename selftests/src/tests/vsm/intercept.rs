@@ -42,12 +42,23 @@ const OLD: u64 = 0x0123_4567_89ab_cdef;
 const DELTA: u64 = 0x1111;
 /// `add qword ptr [rdx], rax`: what the message must carry.
 const ADD_BYTES: [u8; 3] = [0x48, 0x01, 0x02];
+/// `mov rax, qword ptr [rdx]`.
+const LOAD_BYTES: [u8; 3] = [0x48, 0x8b, 0x02];
 /// `HvMessageTypeGpaIntercept`.
 const GPA_INTERCEPT: u64 = 0x8000_0001;
 /// HV_MAP_GPA_FLAGS readable.
 const MAP_READ: u32 = 1;
 
-fn intercept(action: InterceptAction) -> Result<()> {
+/// What VTL0 does to the page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    /// `add [page], DELTA` to a read-only page.
+    Write,
+    /// `mov rax, [page]` from a page with no access.
+    Read,
+}
+
+fn intercept(action: InterceptAction, op: Op) -> Result<()> {
     require_vsm()?;
     let page = vsm_layout::PROTECTED;
     let mut vsm = VsmVm::with_options(1, VsmOptions { protections: true })?;
@@ -57,7 +68,11 @@ fn intercept(action: InterceptAction) -> Result<()> {
     let protect_in = VsmVm::intercept_page(VP, 4);
     vsm.vm.mem.write(
         protect_in,
-        &protection_input(MAP_READ, 1, &[page / layout::PAGE]),
+        &protection_input(
+            if op == Op::Write { MAP_READ } else { 0 },
+            1,
+            &[page / layout::PAGE],
+        ),
     )?;
     let mut r = Round::new(0x40, false);
     r.vtl1_hcall = Some((modify_protection_control(1), protect_in, 0));
@@ -67,9 +82,12 @@ fn intercept(action: InterceptAction) -> Result<()> {
         block: VsmVm::block_gpa(VP, 0),
     });
     let add = steps.len();
-    steps.push(Step::AddMem {
-        addr: page,
-        value: DELTA,
+    steps.push(match op {
+        Op::Write => Step::AddMem {
+            addr: page,
+            value: DELTA,
+        },
+        Op::Read => Step::LoadMem { addr: page },
     });
     let (running, loaded) = run(&mut vsm, steps)?;
     let events = running.events(VP);
@@ -85,9 +103,12 @@ fn intercept(action: InterceptAction) -> Result<()> {
         );
     }
     // What VTL0 saw and what memory holds.
-    let (want, what) = match action {
-        InterceptAction::Allow => (OLD.wrapping_add(DELTA), "its write completed once"),
-        InterceptAction::Deny => (OLD, "its write skipped"),
+    let (want, what) = match (op, action) {
+        (Op::Write, InterceptAction::Allow) => {
+            (OLD.wrapping_add(DELTA), "its write completed once")
+        }
+        (Op::Write, InterceptAction::Deny) => (OLD, "its write skipped"),
+        (Op::Read, _) => (OLD, "its read of the old value"),
     };
     let out = loaded.outcome(&vsm.vm.mem, add)?;
     if !out.done || out.rax != want {
@@ -106,18 +127,27 @@ fn intercept(action: InterceptAction) -> Result<()> {
     }
     // What VTL1's handler read in its message page.
     let s = vsm.read_intercept(VP)?;
-    let insn_rip = layout::CODE + guest::hv_add_insn_offset();
-    let insn_bytes = u64::from_le_bytes([ADD_BYTES[0], ADD_BYTES[1], ADD_BYTES[2], 0, 0, 0, 0, 0]);
+    let (insn_rip, bytes, access) = match op {
+        Op::Write => (guest::hv_add_insn_offset(), ADD_BYTES, FaultAccess::Write),
+        Op::Read => (guest::hv_load_insn_offset(), LOAD_BYTES, FaultAccess::Read),
+    };
+    let insn_rip = layout::CODE + insn_rip;
+    let insn_bytes = u64::from_le_bytes([bytes[0], bytes[1], bytes[2], 0, 0, 0, 0, 0]);
+    let access_type = match access {
+        FaultAccess::Read => 0,
+        FaultAccess::Write => 1,
+        FaultAccess::Exec => 2,
+    };
     // CPL 0, CR0.PE (bit 2), EFER.LMA (bit 4), VTL 0 (bits 10:7); CR0.AM (bit 3) ignored.
     let exec = s.exec_state & !0x8;
     let checks = [
         ("messages handled", s.count, 1),
         ("message type", s.msg_type, GPA_INTERCEPT),
         ("VP index", s.vp_index, u64::from(VP)),
-        ("access type (1 = write)", s.access, 1),
+        ("access type (0 read, 1 write)", s.access, access_type),
         ("GPA", s.gpa, page),
         ("RIP", s.rip, insn_rip),
-        ("instruction length", s.insn_len, ADD_BYTES.len() as u64),
+        ("instruction length", s.insn_len, bytes.len() as u64),
         ("execution state (CPL, PE, LMA, VTL)", exec, 0x14),
         (
             "first instruction bytes",
@@ -174,7 +204,7 @@ fn intercept(action: InterceptAction) -> Result<()> {
         from: 0,
         to: 1,
         gpa: page,
-        access: FaultAccess::Write,
+        access,
         message: MessageDelivery::Raised { vector: VECTOR },
     };
     if intercepts != [&expected] {
@@ -209,7 +239,7 @@ fn intercept(action: InterceptAction) -> Result<()> {
         bail!("{f}runner log: {events:?}");
     }
     eprintln!(
-        "# intercept ({action:?}): VTL1 read type {:#x}, GPA {:#x}, GVA {}, write, VP {}, length {}, {} instruction bytes; VTL0 read {:#x}",
+        "# intercept ({op:?}, {action:?}): VTL1 read type {:#x}, GPA {:#x}, GVA {}, {access}, VP {}, length {}, {} instruction bytes; VTL0 read {:#x}",
         s.msg_type,
         s.gpa,
         if s.access_info & 1 != 0 {
@@ -227,10 +257,16 @@ fn intercept(action: InterceptAction) -> Result<()> {
 
 /// VTL1 lifts the protection: VTL0's write completes once.
 pub(super) fn vsm_intercept_allow() -> TestResult {
-    intercept(InterceptAction::Allow).map(|()| Outcome::Pass)
+    intercept(InterceptAction::Allow, Op::Write).map(|()| Outcome::Pass)
 }
 
 /// VTL1 skips VTL0's write: the page keeps its value and its protection.
 pub(super) fn vsm_intercept_deny() -> TestResult {
-    intercept(InterceptAction::Deny).map(|()| Outcome::Pass)
+    intercept(InterceptAction::Deny, Op::Write).map(|()| Outcome::Pass)
+}
+
+/// A read of a no-access page: the message says read; VTL1 lifts the protection and VTL0
+/// reads the page's value.
+pub(super) fn vsm_intercept_read_allow() -> TestResult {
+    intercept(InterceptAction::Allow, Op::Read).map(|()| Outcome::Pass)
 }

@@ -62,4 +62,9 @@ pub const TESTS: &[Test] = &[
         about: "as vsm_intercept_allow, but VTL1 moves VTL0's RIP past the write (HvCallSetVpRegisters): VTL0 reads the old value, memory is unchanged and VTL0's view stays read-only (KVM_GET_VTL_PROTECTION)",
         run: intercept::vsm_intercept_deny,
     },
+    Test {
+        name: "vsm_intercept_read_allow",
+        about: "VTL1 takes all access to a page from VTL0; VTL0's read of it reaches VTL1 as a GPA-intercept message with access type read (and the load's RIP, length, bytes); VTL1 lifts the protection and VTL0 reads the page's value",
+        run: intercept::vsm_intercept_read_allow,
+    },
 ];
