@@ -8,7 +8,7 @@
 # pipeline's own tests (scripts/tests/record-debugfs.sh, kernel-source.sh, series-errors.sh,
 # kernel-log-scan.sh and qemu-choice.sh before the build, scripts/tests/boot-failures.sh after it), checkpatch
 # --strict on every patch, and the uapi/ drift check (inside the kernel build). Guest side: scripts/run.sh,
-# then the protect_* tests once more under shadow paging (kvm_amd.npt=0, logs in build/run-shadow).
+# then the protect_* and vsm_intercept_* tests once more under shadow paging (kvm_amd.npt=0, logs in build/run-shadow).
 # Ends with one line "total: N passed, N failed, N skipped"; exits non-zero on any failure.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 lock_build
@@ -78,16 +78,16 @@ if [ "$rc" != 0 ]; then
 	[ -n "$summary" ] && [ "$gf" != 0 ] || failed=$((failed + 1))
 fi
 
-# The VTL protection tests again, under shadow paging: the MMU paths differ (guest page tables
-# shadowed, GVAs in the fault exits). Same kernel and initramfs, their own logs (run-shadow/);
+# The VTL protection tests (and the secure-intercept tests built on them) again, under shadow
+# paging: the MMU paths differ (guest page tables shadowed, GVAs in the fault exits). Same kernel and initramfs, their own logs (run-shadow/);
 # vtlkit.paging=shadow makes the tests fail if the vendor module still uses TDP.
 if [ -f "$VTLKIT_BUILD_DIR/initramfs.cpio" ] && [ -n "$summary" ]; then
-	step "in-guest suite under shadow paging: boot.sh 'protect_*' (kvm_amd.npt=0 kvm_intel.ept=0)"
+	step "in-guest suite under shadow paging: boot.sh 'protect_*' 'vsm_intercept_*' (kvm_amd.npt=0 kvm_intel.ept=0)"
 	shadow_log=$VTLKIT_BUILD_DIR/logs/guest-suite-shadow.log
 	rc=0
 	VTLKIT_RUN_DIR=$VTLKIT_BUILD_DIR/run-shadow \
 		VTLKIT_KARGS="${VTLKIT_KARGS:+$VTLKIT_KARGS }kvm_amd.npt=0 kvm_intel.ept=0 vtlkit.paging=shadow" \
-		"$VTLKIT_ROOT/scripts/boot.sh" 'protect_*' 2>&1 | tee "$shadow_log" || rc=${PIPESTATUS[0]}
+		"$VTLKIT_ROOT/scripts/boot.sh" 'protect_*' 'vsm_intercept_*' 2>&1 | tee "$shadow_log" || rc=${PIPESTATUS[0]}
 	summary=$(sed 's/\r$//' "$shadow_log" | grep -E '^[0-9]+ passed, [0-9]+ failed(, [0-9]+ skipped)?$' | tail -n 1 || true)
 	gf=0
 	if [ -n "$summary" ]; then

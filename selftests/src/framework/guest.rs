@@ -126,6 +126,10 @@ pub mod pcpu {
     /// u64: the TSC when the interrupt handler took the last interrupt, written before its
     /// count moves (`--bench-wake`; after [`VSM_REGS`], below [`TSS`]).
     pub const LAST_IRQ_TSC: u64 = 0x6e0;
+    /// u64 (VSM, VTL1 vCPU): GPA of its secure-intercept page ([`super::vsm::icpt`]), 0 =
+    /// none. With one, VTL1's first entry sets up its SynIC and its interrupt handler treats
+    /// the page's vector as SINT0's intercept messages (after [`VSM_REGS`]).
+    pub const VSM_ICPT: u64 = 0x6d0;
     /// This vCPU's 64-bit TSS (its TR base): only IST1 is used, for #DF.
     pub const TSS: u64 = 0x700;
     /// Size of the TSS (limit + 1).
@@ -278,6 +282,12 @@ pub mod hvprog {
     /// spinning, RCX_OUT = 2; at the end RESULT = iterations, RCX_OUT = 1 (reached) or 0
     /// (timed out). RFLAGS.IF is restored afterwards.
     pub const SPIN_UNTIL: u64 = 10;
+    /// `add qword ptr [A0], A1` (the instruction at [`super::hv_add_insn_offset`], 3 bytes);
+    /// RESULT = the qword at A0 read back after it. A VTL protection fault leaves RIP there.
+    pub const ADD_MEM: u64 = 11;
+    /// `mov rax, qword ptr [A0]` (the instruction at [`super::hv_load_insn_offset`], 3 bytes);
+    /// RESULT = the value read.
+    pub const LOAD_MEM: u64 = 12;
     /// u64 ([`SPIN_UNTIL`]): the TSC budget.
     pub const A2: u64 = 24;
 
@@ -428,6 +438,62 @@ pub mod vsm {
         pub const RET_RCX: u64 = 24;
         /// HV_X64_MSR_VP_ASSIST_PAGE enable bit.
         pub const ENABLE: u64 = 1;
+    }
+
+    /// VTL1's secure-intercept page ([`super::pcpu::VSM_ICPT`]): what the host sets up
+    /// (first entry: SIMP = `SIMP | 1`, SINT0 = `VECTOR` unmasked, SCONTROL = 1) and what VTL1's
+    /// handler of that vector records from the message in slot 0 of its SIMP page, before it
+    /// acts (`ACTION`), frees the slot, writes `HV_X64_MSR_EOM` and counts (`COUNT`).
+    pub mod icpt {
+        /// u64: SINT0's vector (the handler's vector).
+        pub const VECTOR: u64 = 0x00;
+        /// u64: GPA of the SynIC message page.
+        pub const SIMP: u64 = 0x08;
+        /// u64: what the handler does: [`ALLOW`], [`DENY`] or 0 (nothing).
+        pub const ACTION: u64 = 0x10;
+        /// u64: control word of the allow hypercall (HvCallModifyVtlProtectionMask).
+        pub const ALLOW_CONTROL: u64 = 0x18;
+        /// u64: its input GPA (prepared by the host).
+        pub const ALLOW_INPUT: u64 = 0x20;
+        /// u64: control word of the deny hypercall (HvCallSetVpRegisters).
+        pub const DENY_CONTROL: u64 = 0x28;
+        /// u64: its input GPA: the host writes the header and the register name (VTL0's RIP),
+        /// the handler the value (u128 at offset [`DENY_VALUE`]) = message RIP + length.
+        pub const DENY_INPUT: u64 = 0x30;
+        /// Offset of the register value in the deny input.
+        pub const DENY_VALUE: u64 = 32;
+        /// u64: messages handled.
+        pub const COUNT: u64 = 0x40;
+        /// u64: message type read.
+        pub const MSG_TYPE: u64 = 0x48;
+        /// u64: message flags read.
+        pub const MSG_FLAGS: u64 = 0x50;
+        /// u64: VP index read.
+        pub const VP_INDEX: u64 = 0x58;
+        /// u64: instruction length read.
+        pub const INSN_LEN: u64 = 0x60;
+        /// u64: intercept access type read (0 read, 1 write, 2 execute).
+        pub const ACCESS: u64 = 0x68;
+        /// u64: execution state read.
+        pub const EXEC_STATE: u64 = 0x70;
+        /// u64: RIP read.
+        pub const RIP: u64 = 0x78;
+        /// u64: instruction byte count read.
+        pub const INSN_COUNT: u64 = 0x80;
+        /// u64: GPA read.
+        pub const GPA: u64 = 0x88;
+        /// u64: the first 8 instruction bytes read.
+        pub const INSN_BYTES: u64 = 0x90;
+        /// u64: RAX after the allow/deny hypercall (its status).
+        pub const HC_STATUS: u64 = 0x98;
+        /// u64: memory access info read (bit 0 GvaValid).
+        pub const ACCESS_INFO: u64 = 0xa0;
+        /// u64: GVA read.
+        pub const GVA: u64 = 0xa8;
+        /// [`ACTION`]: lift the protection with the allow hypercall.
+        pub const ALLOW: u64 = 1;
+        /// [`ACTION`]: skip VTL0's instruction (its RIP += the message's length).
+        pub const DENY: u64 = 2;
     }
 
     /// [`block::V1_SET_CR8`]: write CR8.
@@ -1016,6 +1082,10 @@ vtlkit_guest_hv_step:
     je vtlkit_guest_hcall_loop
     cmp rax, {HVPROG_SPIN_UNTIL}
     je vtlkit_guest_spin_until
+    cmp rax, {HVPROG_ADD_MEM}
+    je vtlkit_guest_hv_add_mem
+    cmp rax, {HVPROG_LOAD_MEM}
+    je vtlkit_guest_hv_load_mem
     GUEST_ASSERT_EQ rax, {HVPROG_GATE}, "unknown hypercall-program step"
     mov rdi, {STAGE_HV_GATE}
     mov rsi, [rbx + {HVPROG_A0}]
@@ -1025,6 +1095,29 @@ vtlkit_guest_hv_step:
     pause
     jmp 6b
 7:  ret
+
+// vtlkit_guest_hv_add_mem: program step ADD_MEM, RBX = the entry: `add [A0], A1` at
+// vtlkit_guest_hv_add_insn, then RESULT = the qword read back.
+vtlkit_guest_hv_add_mem:
+    mov rdx, [rbx + {HVPROG_A0}]
+    mov rax, [rbx + {HVPROG_A1}]
+    .globl vtlkit_guest_hv_add_insn
+vtlkit_guest_hv_add_insn:
+    add qword ptr [rdx], rax
+    mov rax, [rdx]
+    mov [rbx + {HVPROG_RESULT}], rax
+    ret
+
+// vtlkit_guest_hv_load_mem: program step LOAD_MEM, RBX = the entry: `mov rax, [A0]` at
+// vtlkit_guest_hv_load_insn; RESULT = the value.
+vtlkit_guest_hv_load_mem:
+    mov rdx, [rbx + {HVPROG_A0}]
+    xor eax, eax
+    .globl vtlkit_guest_hv_load_insn
+vtlkit_guest_hv_load_insn:
+    mov rax, qword ptr [rdx]
+    mov [rbx + {HVPROG_RESULT}], rax
+    ret
 
 // Entry: vtlkit_guest_hv_main. The body of the Hyper-V tests:
 //   1. enable the APIC as the data page says;
@@ -1447,7 +1540,20 @@ vtlkit_guest_vsm_vtl1:
     mov ecx, {HV_MSR_VP_ASSIST_PAGE}
     call vtlkit_guest_wrmsr64
 2:  call vtlkit_guest_apic_enable
-    mov qword ptr gs:[{PCPU_VSM_INIT}], 1
+    mov rbx, gs:[{PCPU_VSM_ICPT}]           // a secure-intercept page: set up the SynIC
+    test rbx, rbx
+    jz 5f
+    mov rax, [rbx + {ICPT_SIMP}]
+    or rax, 1
+    mov ecx, {HV_MSR_SIMP}
+    call vtlkit_guest_wrmsr64
+    mov rax, [rbx + {ICPT_VECTOR}]          // SINT0: the vector, unmasked
+    mov ecx, {HV_MSR_SINT0}
+    call vtlkit_guest_wrmsr64
+    mov eax, 1
+    mov ecx, {HV_MSR_SCONTROL}
+    call vtlkit_guest_wrmsr64
+5:  mov qword ptr gs:[{PCPU_VSM_INIT}], 1
 4:  mov rsi, gs:[{PCPU_VSM_ASSIST}]
     test rsi, rsi
     jz 9f
@@ -1529,6 +1635,78 @@ vtlkit_guest_vsm_vtl1:
     call vtlkit_guest_hcall_insn
     jmp 8b
 
+// vtlkit_guest_vsm_intercept: VTL1's handler of its intercept SINT (called from the interrupt
+// entry): record the message in slot 0 of the SIMP page (guest.rs `vsm::icpt`), then act:
+// ALLOW issues ALLOW_CONTROL with input ALLOW_INPUT (HvCallModifyVtlProtectionMask lifting the
+// protection), DENY writes VTL0's new RIP (message RIP + instruction length) into DENY_INPUT
+// and issues DENY_CONTROL (HvCallSetVpRegisters); RAX after it goes to HC_STATUS. Then free the
+// slot, write HV_X64_MSR_EOM, count. Preserves every register.
+vtlkit_guest_vsm_intercept:
+    push rax
+    push rbx
+    push rcx
+    push rdx
+    push rsi
+    push r8
+    mov rbx, gs:[{PCPU_VSM_ICPT}]
+    mov rsi, [rbx + {ICPT_SIMP}]
+    mov eax, dword ptr [rsi + {MSG_TYPE}]
+    mov [rbx + {ICPT_MSG_TYPE}], rax
+    movzx eax, byte ptr [rsi + {MSG_FLAGS}]
+    mov [rbx + {ICPT_MSG_FLAGS}], rax
+    mov eax, dword ptr [rsi + {MSG_VP_INDEX}]
+    mov [rbx + {ICPT_VP_INDEX}], rax
+    movzx eax, byte ptr [rsi + {MSG_INSN_LENGTH_CR8}]
+    and eax, 0xf
+    mov [rbx + {ICPT_INSN_LEN}], rax
+    movzx eax, byte ptr [rsi + {MSG_ACCESS_TYPE}]
+    mov [rbx + {ICPT_ACCESS}], rax
+    movzx eax, word ptr [rsi + {MSG_EXEC_STATE}]
+    mov [rbx + {ICPT_EXEC_STATE}], rax
+    mov rax, [rsi + {MSG_RIP}]
+    mov [rbx + {ICPT_RIP}], rax
+    movzx eax, byte ptr [rsi + {MSG_INSN_BYTE_COUNT}]
+    mov [rbx + {ICPT_INSN_COUNT}], rax
+    mov rax, [rsi + {MSG_GPA}]
+    mov [rbx + {ICPT_GPA}], rax
+    mov rax, [rsi + {MSG_INSN_BYTES}]
+    mov [rbx + {ICPT_INSN_BYTES}], rax
+    movzx eax, byte ptr [rsi + {MSG_ACCESS_INFO}]
+    mov [rbx + {ICPT_ACCESS_INFO}], rax
+    mov rax, [rsi + {MSG_GVA}]
+    mov [rbx + {ICPT_GVA}], rax
+    mov rax, [rbx + {ICPT_ACTION}]
+    cmp rax, {ICPT_ALLOW}
+    jne 2f
+    mov rcx, [rbx + {ICPT_ALLOW_CONTROL}]
+    mov rdx, [rbx + {ICPT_ALLOW_INPUT}]
+    jmp 3f
+2:  cmp rax, {ICPT_DENY}
+    jne 4f
+    mov rdx, [rbx + {ICPT_DENY_INPUT}]
+    mov rax, [rbx + {ICPT_RIP}]
+    add rax, [rbx + {ICPT_INSN_LEN}]
+    mov [rdx + {ICPT_DENY_VALUE}], rax
+    mov qword ptr [rdx + {ICPT_DENY_VALUE} + 8], 0
+    mov rcx, [rbx + {ICPT_DENY_CONTROL}]
+3:  xor r8d, r8d
+    xor eax, eax
+    call vtlkit_guest_hcall_insn
+    mov [rbx + {ICPT_HC_STATUS}], rax
+4:  mov dword ptr [rsi + {MSG_TYPE}], 0     // free the slot
+    mov ecx, {HV_MSR_EOM}
+    xor eax, eax
+    xor edx, edx
+    wrmsr
+    lock inc qword ptr [rbx + {ICPT_COUNT}]
+    pop r8
+    pop rsi
+    pop rdx
+    pop rcx
+    pop rbx
+    pop rax
+    ret
+
 // ---------------------------------------------------------------------------------------------
 // Interrupt and exception entry. 256 stubs of 16 bytes each; the IDT entry for vector v points
 // at vtlkit_guest_isr_stubs + 16 * v. Each stub makes the frame uniform (a 0 error code for
@@ -1587,7 +1765,13 @@ vtlkit_guest_isr_common:
     mov gs:[{PCPU_LAST_VECTOR}], rax
     mov rcx, [rsp + 40]                     // the interrupted RIP
     mov gs:[{PCPU_LAST_IRQ_RIP}], rcx
-    cmp rax, 0xff
+    mov rcx, gs:[{PCPU_VSM_ICPT}]           // VTL1's intercept SINT?
+    test rcx, rcx
+    jz 6f
+    cmp rax, [rcx + {ICPT_VECTOR}]
+    jne 6f
+    call vtlkit_guest_vsm_intercept
+6:  cmp rax, 0xff
     je 2f
     call vtlkit_guest_apic_eoi
 2:  pop rdx
@@ -1724,6 +1908,49 @@ vtlkit_guest_end:
     PCPU_SELF = const pcpu::SELF,
     HVPROG_SPIN_UNTIL = const hvprog::SPIN_UNTIL,
     HVPROG_A2 = const hvprog::A2,
+    HVPROG_ADD_MEM = const hvprog::ADD_MEM,
+    HVPROG_LOAD_MEM = const hvprog::LOAD_MEM,
+    PCPU_VSM_ICPT = const pcpu::VSM_ICPT,
+    ICPT_VECTOR = const vsm::icpt::VECTOR,
+    ICPT_SIMP = const vsm::icpt::SIMP,
+    ICPT_ACTION = const vsm::icpt::ACTION,
+    ICPT_ALLOW_CONTROL = const vsm::icpt::ALLOW_CONTROL,
+    ICPT_ALLOW_INPUT = const vsm::icpt::ALLOW_INPUT,
+    ICPT_DENY_CONTROL = const vsm::icpt::DENY_CONTROL,
+    ICPT_DENY_INPUT = const vsm::icpt::DENY_INPUT,
+    ICPT_DENY_VALUE = const vsm::icpt::DENY_VALUE,
+    ICPT_COUNT = const vsm::icpt::COUNT,
+    ICPT_MSG_TYPE = const vsm::icpt::MSG_TYPE,
+    ICPT_MSG_FLAGS = const vsm::icpt::MSG_FLAGS,
+    ICPT_VP_INDEX = const vsm::icpt::VP_INDEX,
+    ICPT_INSN_LEN = const vsm::icpt::INSN_LEN,
+    ICPT_ACCESS = const vsm::icpt::ACCESS,
+    ICPT_EXEC_STATE = const vsm::icpt::EXEC_STATE,
+    ICPT_RIP = const vsm::icpt::RIP,
+    ICPT_INSN_COUNT = const vsm::icpt::INSN_COUNT,
+    ICPT_GPA = const vsm::icpt::GPA,
+    ICPT_INSN_BYTES = const vsm::icpt::INSN_BYTES,
+    ICPT_HC_STATUS = const vsm::icpt::HC_STATUS,
+    ICPT_ACCESS_INFO = const vsm::icpt::ACCESS_INFO,
+    ICPT_GVA = const vsm::icpt::GVA,
+    MSG_ACCESS_INFO = const im::PAYLOAD + im::ACCESS_INFO,
+    MSG_GVA = const im::PAYLOAD + im::GVA,
+    ICPT_ALLOW = const vsm::icpt::ALLOW,
+    ICPT_DENY = const vsm::icpt::DENY,
+    MSG_TYPE = const im::TYPE,
+    MSG_FLAGS = const im::FLAGS,
+    MSG_VP_INDEX = const im::PAYLOAD + im::VP_INDEX,
+    MSG_INSN_LENGTH_CR8 = const im::PAYLOAD + im::INSN_LENGTH_CR8,
+    MSG_ACCESS_TYPE = const im::PAYLOAD + im::ACCESS_TYPE,
+    MSG_EXEC_STATE = const im::PAYLOAD + im::EXEC_STATE,
+    MSG_RIP = const im::PAYLOAD + im::RIP,
+    MSG_INSN_BYTE_COUNT = const im::PAYLOAD + im::INSN_BYTE_COUNT,
+    MSG_GPA = const im::PAYLOAD + im::GPA,
+    MSG_INSN_BYTES = const im::PAYLOAD + im::INSN_BYTES,
+    HV_MSR_SIMP = const vtlkit_uapi::vtl::intercept::synic::SIMP,
+    HV_MSR_SINT0 = const vtlkit_uapi::vtl::intercept::synic::SINT0,
+    HV_MSR_SCONTROL = const vtlkit_uapi::vtl::intercept::synic::SCONTROL,
+    HV_MSR_EOM = const vtlkit_uapi::vtl::intercept::synic::EOM,
     BLK_V1_SET_CR8 = const vsm::block::V1_SET_CR8,
     VSM_ENTRY_REASON_INTERRUPT = const vsm::ENTRY_REASON_INTERRUPT,
     VSM_REGS_XMM6 = const vsm::regs::XMM6,
@@ -1806,6 +2033,22 @@ extern "C" {
     static vtlkit_guest_mem_read_insn: u8;
     static vtlkit_guest_mem_inc_insn: u8;
     static vtlkit_guest_mem_store_insn: u8;
+    static vtlkit_guest_hv_add_insn: u8;
+    static vtlkit_guest_hv_load_insn: u8;
+}
+
+/// The message offsets the VTL1 intercept handler reads.
+use vtlkit_uapi::vtl::intercept::msg as im;
+
+/// Offset of the instruction of [`hvprog::ADD_MEM`] (`add [rdx], rax`, 3 bytes) in the code
+/// blob: where a protection fault of that step leaves VTL0's RIP.
+pub fn hv_add_insn_offset() -> u64 {
+    offset_of_symbol(&raw const vtlkit_guest_hv_add_insn)
+}
+
+/// Offset of the instruction of [`hvprog::LOAD_MEM`] (`mov rax, [rdx]`, 3 bytes).
+pub fn hv_load_insn_offset() -> u64 {
+    offset_of_symbol(&raw const vtlkit_guest_hv_load_insn)
 }
 
 /// Size of one interrupt stub; vector v's handler is at `ISR_STUBS + v * ISR_STUB_SIZE`.

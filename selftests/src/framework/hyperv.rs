@@ -538,6 +538,20 @@ pub enum Step {
         /// Open interrupt windows for this VTL now and then.
         windows: bool,
     },
+    /// `add qword ptr [addr], value` ([`crate::guest::hvprog::ADD_MEM`]): a memory write a
+    /// VTL protection can stop; the outcome's RAX is the qword read back after it.
+    AddMem {
+        /// GPA (identity mapped) of the qword.
+        addr: u64,
+        /// What is added.
+        value: u64,
+    },
+    /// `mov rax, qword ptr [addr]` ([`crate::guest::hvprog::LOAD_MEM`]): a memory read a VTL
+    /// protection can stop; the outcome's RAX is the value read.
+    LoadMem {
+        /// GPA (identity mapped) of the qword.
+        addr: u64,
+    },
     /// Benchmark: `count` times the same hypercall, each must return HV_STATUS_SUCCESS.
     HcallLoop {
         /// Control word (RCX).
@@ -732,6 +746,17 @@ pub(crate) fn load(mem: &GuestMem, index: usize, prog: &Program) -> Result<Loade
                 w(hvprog::A1, (*value).into())?;
                 w(hvprog::A2, *cycles)?;
                 w(hvprog::RAX_IN, u64::from(*windows))?;
+            }
+            Step::AddMem { addr, value } => {
+                rdxs.push(0);
+                w(hvprog::KIND, hvprog::ADD_MEM)?;
+                w(hvprog::A0, *addr)?;
+                w(hvprog::A1, *value)?;
+            }
+            Step::LoadMem { addr } => {
+                rdxs.push(0);
+                w(hvprog::KIND, hvprog::LOAD_MEM)?;
+                w(hvprog::A0, *addr)?;
             }
             Step::HcallLoop {
                 control,

@@ -34,8 +34,8 @@ use kvm_bindings::{
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use nix::sys::pthread::pthread_kill;
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use vtlkit_uapi::protections::MemoryFault;
 
-use vtlkit_uapi::protections::{memory_fault_exit, MemoryFault};
 use vtlkit_uapi::{ApicGroup, VcpuApicGroupExt};
 
 use crate::guest::{self, pcpu, ucall, Entry};
@@ -853,7 +853,9 @@ impl TestVm {
         loop {
             match run_once(vcpu, &mem, handler.as_ref())? {
                 Step::Ucall(u) => return Ok(u),
-                Step::Interrupted | Step::Hyperv | Step::EventNotify(_) => continue,
+                Step::Interrupted | Step::Hyperv | Step::EventNotify(_) | Step::MemoryFault(_) => {
+                    continue
+                }
             }
         }
     }
@@ -903,6 +905,24 @@ pub(crate) enum Step {
     /// A `KVM_EXIT_EVENT_NOTIFY` naming the armed vCPU (its vcpu_id) that has an event
     /// ([`run_once_raw`] only; the VP runner switches VTL).
     EventNotify(u32),
+    /// A `KVM_EXIT_MEMORY_FAULT` that is a VTL protection violation (an access flag set;
+    /// [`run_once_raw`] only; the VP runner hands it to the VTL state machine as a secure
+    /// intercept). The vCPU stays at the faulting instruction.
+    MemoryFault(MemoryFault),
+}
+
+/// The series' access flags of `KVM_EXIT_MEMORY_FAULT`: a VTL protection violation.
+const PROTECTION_FLAGS: u64 = (vtlkit_uapi::raw::KVM_MEMORY_EXIT_FLAG_READ
+    | vtlkit_uapi::raw::KVM_MEMORY_EXIT_FLAG_WRITE
+    | vtlkit_uapi::raw::KVM_MEMORY_EXIT_FLAG_EXEC) as u64;
+
+/// The `KVM_EXIT_MEMORY_FAULT` in `vcpu`'s `kvm_run`, decoded with the series' flags
+/// ([`vtlkit_uapi::protections::memory_fault_exit`]), after kvm-ioctls' `run()` returned
+/// `VcpuExit::MemoryFault`. Shared by the VP runner and the protection tests' runner.
+pub(crate) fn memory_fault(vcpu: &mut Vcpu) -> Result<MemoryFault> {
+    let id = vcpu.id;
+    vtlkit_uapi::protections::memory_fault_exit(vcpu.fd.get_kvm_run())
+        .ok_or_else(|| anyhow!("vCPU {id}: KVM_EXIT_MEMORY_FAULT is not in kvm_run any more"))
 }
 
 /// One KVM_RUN. Decodes ucalls; PRINT is printed here and reported as `Interrupted` (the caller
@@ -911,6 +931,14 @@ pub(crate) enum Step {
 fn run_once(vcpu: &mut Vcpu, mem: &GuestMem, handler: Option<&HypervHandler>) -> Result<Step> {
     match run_once_raw(vcpu, mem)? {
         Step::Hyperv => handle_hyperv(vcpu, handler),
+        Step::MemoryFault(f) => {
+            let rip = vcpu.fd.get_regs().map(|r| r.rip).unwrap_or(0);
+            bail!(
+                "vCPU {}: unexpected VTL protection fault ({f}) at guest code offset {:#x}",
+                vcpu.id,
+                rip.wrapping_sub(layout::CODE)
+            )
+        }
         other => Ok(other),
     }
 }
@@ -918,56 +946,16 @@ fn run_once(vcpu: &mut Vcpu, mem: &GuestMem, handler: Option<&HypervHandler>) ->
 /// [`run_once`] without the Hyper-V handling: a `KVM_EXIT_HYPERV` is returned as
 /// [`Step::Hyperv`] (the VP runner, [`crate::vp`], answers it with the VTL state machine).
 pub(crate) fn run_once_raw(vcpu: &mut Vcpu, mem: &GuestMem) -> Result<Step> {
-    match run_once_inner(vcpu, mem, false)? {
-        FaultStep::Step(s) => Ok(s),
-        FaultStep::MemoryFault { fault, .. } => {
-            bail!("vCPU {}: unexpected memory fault exit {fault}", vcpu.id)
-        }
-    }
-}
-
-/// What [`run_once_or_fault`] gave.
-#[derive(Debug)]
-pub(crate) enum FaultStep {
-    /// Whatever [`run_once_raw`] returns.
-    Step(Step),
-    /// `KVM_RUN` failed with `EFAULT` and `KVM_EXIT_MEMORY_FAULT` (a per-VTL protection,
-    /// `KVM_SET_VTL_PROTECTION`, or another memory fault: see [`MemoryFault::access`]); the
-    /// vCPU stays at `rip`, so that it completes the access when run again after the
-    /// protection is lifted.
-    MemoryFault {
-        /// The exit, decoded.
-        fault: MemoryFault,
-        /// The vCPU's RIP (the faulting instruction).
-        rip: u64,
-    },
-}
-
-/// [`run_once_raw`] for a VM with memory protections: a `KVM_EXIT_MEMORY_FAULT` is returned
-/// as [`FaultStep::MemoryFault`] instead of being an error.
-pub(crate) fn run_once_or_fault(vcpu: &mut Vcpu, mem: &GuestMem) -> Result<FaultStep> {
-    run_once_inner(vcpu, mem, true)
-}
-
-fn run_once_inner(vcpu: &mut Vcpu, mem: &GuestMem, faults: bool) -> Result<FaultStep> {
     let id = vcpu.id;
     let (port, data) = match vcpu.fd.run() {
-        Ok(VcpuExit::Hyperv) => return Ok(FaultStep::Step(Step::Hyperv)),
+        Ok(VcpuExit::Hyperv) => return Ok(Step::Hyperv),
+        Ok(VcpuExit::MemoryFault { flags, .. }) if flags & PROTECTION_FLAGS != 0 => {
+            return Ok(Step::MemoryFault(memory_fault(vcpu)?));
+        }
         Ok(VcpuExit::Unsupported(r)) if r == vtlkit_uapi::raw::KVM_EXIT_EVENT_NOTIFY => {
             let id = vtlkit_uapi::notify::event_notify_exit(vcpu.fd.get_kvm_run())
                 .ok_or_else(|| anyhow!("vCPU {id}: KVM_EXIT_EVENT_NOTIFY not in kvm_run"))?;
-            return Ok(FaultStep::Step(Step::EventNotify(id)));
-        }
-        Ok(VcpuExit::MemoryFault { .. }) if faults => {
-            let fault = memory_fault_exit(vcpu.fd.get_kvm_run()).ok_or_else(|| {
-                anyhow!("vCPU {id}: KVM_EXIT_MEMORY_FAULT is not in kvm_run any more")
-            })?;
-            let rip = vcpu
-                .fd
-                .get_regs()
-                .map_err(|e| anyhow!("vCPU {id}: KVM_GET_REGS: {e}"))?
-                .rip;
-            return Ok(FaultStep::MemoryFault { fault, rip });
+            return Ok(Step::EventNotify(id));
         }
         Ok(VcpuExit::IoOut(port, data)) => {
             let mut d = [0u8; 4];
@@ -997,7 +985,7 @@ fn run_once_inner(vcpu: &mut Vcpu, mem: &GuestMem, faults: bool) -> Result<Fault
             );
         }
         Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-            return Ok(FaultStep::Step(Step::Interrupted))
+            return Ok(Step::Interrupted)
         }
         Err(e) => bail!("vCPU {id}: KVM_RUN: {e}"),
     };
@@ -1034,11 +1022,11 @@ fn run_once_inner(vcpu: &mut Vcpu, mem: &GuestMem, faults: bool) -> Result<Fault
                 msg(regs.rdi),
                 [regs.rsi, regs.rcx, regs.r8, regs.r9]
             );
-            return Ok(FaultStep::Step(Step::Interrupted));
+            return Ok(Step::Interrupted);
         }
         other => bail!("vCPU {id}: unknown ucall command {other:#x}"),
     };
-    Ok(FaultStep::Step(Step::Ucall(u)))
+    Ok(Step::Ucall(u))
 }
 
 /// A `KVM_EXIT_HYPERV`: to the test's handler if it has one; an HCALL without one is an error
@@ -1124,7 +1112,7 @@ fn vcpu_thread(
     let index = vcpu.index;
     while !sh.stop.load(Ordering::SeqCst) {
         match run_once(&mut vcpu, &mem, handler.as_ref()) {
-            Ok(Step::Interrupted | Step::Hyperv | Step::EventNotify(_)) => {}
+            Ok(Step::Interrupted | Step::Hyperv | Step::EventNotify(_) | Step::MemoryFault(_)) => {}
             Ok(Step::Ucall(u)) => {
                 let last = !matches!(u, Ucall::Sync { .. });
                 sh.push(index, Ok(u));

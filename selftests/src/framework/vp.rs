@@ -78,9 +78,11 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use kvm_ioctls::{VcpuFd, VmFd};
 use nix::sys::pthread::pthread_kill;
+use vtlkit_uapi::protections::{FaultAccess, MemoryFault};
 use vtlkit_uapi::vtl::{
-    set_hcall_result, AsVcpuFd, Env, GuestMemory, HcallExit, MemoryError, MsiDelivery,
-    NoProtections, NoSiblings, NotifyOutcome, Outcome, Partition, PartitionConfig,
+    set_hcall_result, AsVcpuFd, Env, GuestMemory, HcallExit, InterceptOutcome, KvmProtections,
+    MemoryError, MessageDelivery, MsiDelivery, NoProtections, NoSiblings, NotifyOutcome, Outcome,
+    Partition, PartitionConfig, Protections,
 };
 use vtlkit_uapi::ApicGroup;
 
@@ -106,13 +108,27 @@ pub mod vsm_layout {
     pub const ASSIST: u64 = BASE;
     /// A second PML4 (same mappings as [`layout::PML4`]) a test may give VTL1 as its CR3.
     pub const ALT_PML4: u64 = BASE + 0x1_0000;
+    /// Secure-intercept pages ([`super::VsmVm::setup_intercepts`]): VP p's
+    /// [`INTERCEPT_PAGES`] pages at `INTERCEPT + p * INTERCEPT_PAGES * PAGE`: the intercept
+    /// page, VTL1's SIMP, the allow and deny hypercall inputs, the protect input.
+    pub const INTERCEPT: u64 = BASE + 0xA_0000;
+    /// Pages per VP at [`INTERCEPT`].
+    pub const INTERCEPT_PAGES: u64 = 8;
+    /// A page the intercept tests protect (nothing else uses it; inside the guest's 2 MiB
+    /// page 0x200000..0x400000, so the protection splits a huge mapping).
+    pub const PROTECTED: u64 = BASE + 0xF_0000;
+    const _: () =
+        assert!(INTERCEPT + super::MAX_VPS as u64 * INTERCEPT_PAGES * layout::PAGE <= PROTECTED);
+    const _: () = assert!(PROTECTED + layout::PAGE <= layout::MEM_SIZE);
     /// HvCallEnableVpVtl input pages: VP p at `ENABLE_INPUT + p * PAGE`.
     pub const ENABLE_INPUT: u64 = BASE + 0x1_1000;
     /// Round-trip blocks: VP p's array at `BLOCKS + p * BLOCKS_PER_VP_BYTES`.
     pub const BLOCKS: u64 = BASE + 0x2_0000;
     /// Bytes of blocks per VP.
     pub const BLOCKS_PER_VP_BYTES: u64 = 0x1_0000;
-    /// Assist pages and the enable inputs must stay below the alternate PML4 and the blocks.
+    /// Assist pages and the enable inputs must stay below the alternate PML4 and the blocks;
+    /// the blocks below the intercept pages.
+    const _: () = assert!(BLOCKS + super::MAX_VPS as u64 * BLOCKS_PER_VP_BYTES <= INTERCEPT);
     const _: () = assert!(ASSIST + layout::MAX_VCPUS as u64 * layout::PAGE <= ALT_PML4);
     const _: () = assert!(ENABLE_INPUT + super::MAX_VPS as u64 * layout::PAGE <= BLOCKS);
     const _: () = assert!(BLOCKS + super::MAX_VPS as u64 * BLOCKS_PER_VP_BYTES <= layout::MEM_SIZE);
@@ -321,11 +337,70 @@ pub struct VsmVm {
     unhandled: Option<UnhandledHandler>,
     /// `KVM_CAP_VCPU_EVENT_NOTIFY` is enabled on the VM (series v4).
     notify: bool,
+    /// `KVM_CAP_VTL_PROTECTIONS` is enabled (series v5): the state machine applies
+    /// ModifyVtlProtectionMask with [`KvmProtections`] and protection faults become secure
+    /// intercepts ([`Partition::handle_memory_fault`]).
+    protections: bool,
+}
+
+/// What [`VsmVm::with_options`] enables beyond the defaults.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VsmOptions {
+    /// Opt the VM in to `KVM_CAP_VTL_PROTECTIONS` (before its vCPUs exist).
+    pub protections: bool,
+}
+
+/// How VTL1's intercept handler answers ([`VsmVm::setup_intercepts`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InterceptAction {
+    /// Lift the protection of the page (HvCallModifyVtlProtectionMask, all access) and let
+    /// VTL0 retry its access.
+    Allow,
+    /// Skip VTL0's instruction: HvCallSetVpRegisters(VTL0 RIP = message RIP + length).
+    Deny,
+}
+
+/// What VTL1's intercept handler read from its message page ([`crate::guest::vsm::icpt`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InterceptSeen {
+    /// Messages handled.
+    pub count: u64,
+    /// Message type.
+    pub msg_type: u64,
+    /// Message flags.
+    pub msg_flags: u64,
+    /// VP index.
+    pub vp_index: u64,
+    /// Instruction length.
+    pub insn_len: u64,
+    /// Access type (0 read, 1 write, 2 execute).
+    pub access: u64,
+    /// Execution state.
+    pub exec_state: u64,
+    /// RIP.
+    pub rip: u64,
+    /// Instruction byte count.
+    pub insn_count: u64,
+    /// GPA.
+    pub gpa: u64,
+    /// The first 8 instruction bytes.
+    pub insn_bytes: u64,
+    /// Status of the allow/deny hypercall.
+    pub hc_status: u64,
+    /// Memory access info (bit 0 GvaValid).
+    pub access_info: u64,
+    /// GVA.
+    pub gva: u64,
 }
 
 impl VsmVm {
     /// A VM with `vps` VPs of [`VTLS`] siblings each (see the module documentation).
     pub fn new(vps: u32) -> Result<Self> {
+        Self::with_options(vps, VsmOptions::default())
+    }
+
+    /// [`VsmVm::new`] with `opts`.
+    pub fn with_options(vps: u32, opts: VsmOptions) -> Result<Self> {
         if vps == 0 || vps > MAX_VPS {
             bail!("a VsmVm has 1..={MAX_VPS} VPs, not {vps}");
         }
@@ -341,6 +416,13 @@ impl VsmVm {
         if notify {
             vtlkit_uapi::notify::enable_event_notify(&vm.fd)
                 .context("KVM_ENABLE_CAP(KVM_CAP_VCPU_EVENT_NOTIFY)")?;
+        }
+        if opts.protections {
+            if !vtlkit_uapi::protections::vtl_protections_supported(&vm.kvm) {
+                bail!("KVM_CHECK_EXTENSION(KVM_CAP_VTL_PROTECTIONS) is 0: the kernel lacks series v5's protections");
+            }
+            vtlkit_uapi::protections::enable_vtl_protections(&vm.fd)
+                .map_err(|e| anyhow!("KVM_ENABLE_CAP(KVM_CAP_VTL_PROTECTIONS): {e}"))?;
         }
         let config = PartitionConfig {
             apic_groups: vtlkit_uapi::apic_groups_supported(&vm.kvm),
@@ -386,6 +468,88 @@ impl VsmVm {
             config,
             unhandled: None,
             notify,
+            protections: opts.protections,
+        })
+    }
+
+    /// GPA of page `n` of VP `vp`'s intercept pages ([`vsm_layout::INTERCEPT`]): 0 the
+    /// intercept page, 1 VTL1's SIMP, 2 the allow input, 3 the deny input, 4 free for a test's
+    /// own protect input.
+    pub fn intercept_page(vp: u32, n: u64) -> u64 {
+        vsm_layout::INTERCEPT + (u64::from(vp) * vsm_layout::INTERCEPT_PAGES + n) * layout::PAGE
+    }
+
+    /// Prepare VP `vp`'s VTL1 for secure intercepts: its SynIC active
+    /// (`KVM_CAP_HYPERV_SYNIC2`), and the intercept page ([`crate::guest::vsm::icpt`]) that
+    /// makes its first entry enable SIMP, SINT0 = `vector` and SCONTROL, and its handler of
+    /// `vector` answer with `action` (the allow input lifts the protection of `page`).
+    pub fn setup_intercepts(
+        &self,
+        vp: u32,
+        vector: u8,
+        action: InterceptAction,
+        page: u64,
+    ) -> Result<()> {
+        use crate::guest::vsm::icpt;
+        let v1 = self.index(vp, 1);
+        hyperv::enable_synic(&self.vm.vcpu(v1)?.fd)?;
+        let m = &self.vm.mem;
+        let ip = Self::intercept_page(vp, 0);
+        let (simp, allow, deny) = (
+            Self::intercept_page(vp, 1),
+            Self::intercept_page(vp, 2),
+            Self::intercept_page(vp, 3),
+        );
+        for p in [ip, simp, allow, deny] {
+            m.write(p, &[0u8; layout::PAGE as usize])?;
+        }
+        m.write_u64(ip + icpt::VECTOR, vector.into())?;
+        m.write_u64(ip + icpt::SIMP, simp)?;
+        m.write_u64(
+            ip + icpt::ACTION,
+            match action {
+                InterceptAction::Allow => icpt::ALLOW,
+                InterceptAction::Deny => icpt::DENY,
+            },
+        )?;
+        // Allow: all access for VTL0 (TargetVtl = VTL1 itself: the VTLs below it).
+        m.write_u64(ip + icpt::ALLOW_CONTROL, modify_protection_control(1))?;
+        m.write_u64(ip + icpt::ALLOW_INPUT, allow)?;
+        m.write(allow, &protection_input(0xf, 1, &[page / layout::PAGE]))?;
+        // Deny: HvCallSetVpRegisters(self, own VP, VTL0, RIP = <the handler's value>).
+        m.write_u64(
+            ip + icpt::DENY_CONTROL,
+            control::word(hyperv::call::SET_VP_REGISTERS, false, 0, 1),
+        )?;
+        m.write_u64(ip + icpt::DENY_INPUT, deny)?;
+        let mut d = hyperv::PARTITION_ID_SELF.to_le_bytes().to_vec();
+        d.extend(vtlkit_uapi::vtl::hv::VP_INDEX_SELF.to_le_bytes());
+        d.extend([hyperv::input_vtl(0, true), 0, 0, 0]);
+        d.extend(vtlkit_uapi::vtl::hv::reg::RIP.to_le_bytes());
+        m.write(deny, &d)?;
+        self.vm.set_pcpu(v1, pcpu::VSM_ICPT, ip)
+    }
+
+    /// What VP `vp`'s VTL1 intercept handler recorded.
+    pub fn read_intercept(&self, vp: u32) -> Result<InterceptSeen> {
+        use crate::guest::vsm::icpt;
+        let ip = Self::intercept_page(vp, 0);
+        let q = |off: u64| self.vm.mem.read_u64(ip + off);
+        Ok(InterceptSeen {
+            count: q(icpt::COUNT)?,
+            msg_type: q(icpt::MSG_TYPE)?,
+            msg_flags: q(icpt::MSG_FLAGS)?,
+            vp_index: q(icpt::VP_INDEX)?,
+            insn_len: q(icpt::INSN_LEN)?,
+            access: q(icpt::ACCESS)?,
+            exec_state: q(icpt::EXEC_STATE)?,
+            rip: q(icpt::RIP)?,
+            insn_count: q(icpt::INSN_COUNT)?,
+            gpa: q(icpt::GPA)?,
+            insn_bytes: q(icpt::INSN_BYTES)?,
+            hc_status: q(icpt::HC_STATUS)?,
+            access_info: q(icpt::ACCESS_INFO)?,
+            gva: q(icpt::GVA)?,
         })
     }
 
@@ -547,6 +711,7 @@ impl VsmVm {
         );
         let shared = Arc::new(VpShared {
             stop: AtomicBool::new(false),
+            protections: self.protections,
             partition: Mutex::new(partition),
             queues: (0..self.vps)
                 .map(|_| (Mutex::new(VecDeque::new()), Condvar::new()))
@@ -567,6 +732,28 @@ impl VsmVm {
         }
         Ok(VpRunning { shared, threads })
     }
+}
+
+/// The control word of a slow HvCallModifyVtlProtectionMask with `reps` GPNs.
+pub fn modify_protection_control(reps: u16) -> u64 {
+    control::word(
+        hyperv::call::MODIFY_VTL_PROTECTION_MASK,
+        false,
+        0,
+        reps as u64,
+    )
+}
+
+/// The input of HvCallModifyVtlProtectionMask: PartitionId self, `map_flags`
+/// (`HV_MAP_GPA_FLAGS`), TargetVtl = `target_vtl` (named explicitly), the GPNs.
+pub fn protection_input(map_flags: u32, target_vtl: u8, gpns: &[u64]) -> Vec<u8> {
+    let mut b = hyperv::PARTITION_ID_SELF.to_le_bytes().to_vec();
+    b.extend(map_flags.to_le_bytes());
+    b.extend([hyperv::input_vtl(target_vtl, true), 0, 0, 0]);
+    for g in gpns {
+        b.extend(g.to_le_bytes());
+    }
+    b
 }
 
 /// `HvCallEnablePartitionVtl(vtl)` as a slow hypercall for a program (PartitionId self,
@@ -634,6 +821,20 @@ pub enum VpEvent {
         /// The vcpu_id the exit named.
         notifier: u32,
     },
+    /// A VTL protection fault of `from` became a secure intercept: the VP switched to `to`
+    /// ([`Partition::handle_memory_fault`]).
+    Intercept {
+        /// The faulting VTL.
+        from: u8,
+        /// The VTL that got the message.
+        to: u8,
+        /// The faulting GPA.
+        gpa: u64,
+        /// The access.
+        access: FaultAccess,
+        /// What became of the message.
+        message: MessageDelivery,
+    },
     /// A hypercall the state machine does not answer, answered by the test's handler.
     Forwarded {
         /// Caller's VTL.
@@ -650,6 +851,8 @@ type VpQueue = (Mutex<VecDeque<Result<(u8, Ucall), String>>>, Condvar);
 
 struct VpShared {
     stop: AtomicBool,
+    /// [`VsmVm::protections`]: answer with [`KvmProtections`].
+    protections: bool,
     partition: Mutex<Partition<Sibling>>,
     queues: Vec<VpQueue>,
     events: Vec<Mutex<Vec<VpEvent>>>,
@@ -706,6 +909,10 @@ fn vp_loop(
                     lock(&sh.events[vp as usize]).push(ev);
                 }
             }
+            RunStep::MemoryFault(fault) => {
+                let ev = intercept(vp, vtl, &fault, sh, mem, vmfd)?;
+                lock(&sh.events[vp as usize]).push(ev);
+            }
             RunStep::EventNotify(notifier) => {
                 let ev = {
                     let mut p = lock(&sh.partition);
@@ -733,6 +940,47 @@ fn vp_loop(
     Ok(())
 }
 
+/// The protection hook of a VM with `KVM_CAP_VTL_PROTECTIONS`: RAM is the test VM's one memslot.
+fn kvm_protections(vmfd: &VmFd) -> KvmProtections<&VmFd> {
+    KvmProtections::new(vmfd).with_ram(vec![(0, layout::MEM_SIZE)])
+}
+
+/// Hand VP `vp`'s protection fault in VTL `vtl` to the state machine as a secure intercept.
+fn intercept(
+    vp: u32,
+    vtl: u8,
+    fault: &MemoryFault,
+    sh: &VpShared,
+    mem: &Arc<GuestMem>,
+    vmfd: &VmFd,
+) -> Result<VpEvent> {
+    let mut p = lock(&sh.partition);
+    let delivery = delivery(vmfd);
+    let (mut none, mut siblings) = (NoProtections, NoSiblings);
+    let mut env = Env {
+        memory: &**mem,
+        delivery: &delivery,
+        protections: &mut none,
+        siblings: &mut siblings,
+    };
+    let access = fault
+        .access
+        .ok_or_else(|| anyhow!("VP {vp} VTL {vtl}: {fault} without an access"))?;
+    match p
+        .handle_memory_fault(&mut env, vp, vtl, fault)
+        .with_context(|| format!("VP {vp} VTL {vtl}: {fault}"))?
+    {
+        InterceptOutcome::Switched { from, to, message } => Ok(VpEvent::Intercept {
+            from,
+            to,
+            gpa: fault.gpa,
+            access,
+            message,
+        }),
+        other => bail!("VP {vp} VTL {vtl}: {fault} is not a secure intercept ({other:?})"),
+    }
+}
+
 /// Answer the `KVM_EXIT_HYPERV` that VP `vp`'s VTL `vtl` sibling exited with.
 fn answer(
     vp: u32,
@@ -750,11 +998,18 @@ fn answer(
     let outcome = {
         let mut p = lock(&sh.partition);
         let delivery = delivery(vmfd);
-        let (mut protections, mut siblings) = (NoProtections, NoSiblings);
+        let (mut none, mut siblings) = (NoProtections, NoSiblings);
+        let mut kvm;
+        let protections: &mut dyn Protections = if sh.protections {
+            kvm = kvm_protections(vmfd);
+            &mut kvm
+        } else {
+            &mut none
+        };
         let mut env = Env {
             memory: &**mem,
             delivery: &delivery,
-            protections: &mut protections,
+            protections,
             siblings: &mut siblings,
         };
         p.handle_hypercall(&mut env, vp, vtl, &exit)

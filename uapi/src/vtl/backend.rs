@@ -106,6 +106,17 @@ pub trait VtlVcpu {
             "this vCPU type has no KVM_GET_EVENT_NOTIFY",
         ))
     }
+    /// `KVM_TRANSLATE`: the guest-physical address of linear address `gva` through this vCPU's
+    /// page tables, `None` if it does not translate. Used to fetch the instruction bytes of a
+    /// secure intercept. The default fails with [`io::ErrorKind::Unsupported`] (the message then
+    /// carries no instruction bytes).
+    fn translate_gva(&self, gva: u64) -> io::Result<Option<u64>> {
+        let _ = gva;
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this vCPU type has no KVM_TRANSLATE",
+        ))
+    }
 }
 
 /// A VMM's vCPU type that holds a kvm-ioctls `VcpuFd`: [`VtlVcpu`] comes with it, every
@@ -295,6 +306,10 @@ impl<T: AsVcpuFd> VtlVcpu for T {
         use crate::notify::VcpuEventNotifyExt;
         Ok(self.vcpu_fd().event_notify().map_err(notify_err)?.pending)
     }
+    fn translate_gva(&self, gva: u64) -> io::Result<Option<u64>> {
+        let t = self.vcpu_fd().translate_gva(gva).map_err(errno)?;
+        Ok((t.valid != 0).then_some(t.physical_address))
+    }
 }
 
 fn poisoned() -> io::Error {
@@ -369,6 +384,9 @@ impl<T: VtlVcpu> VtlVcpu for Arc<Mutex<T>> {
     }
     fn event_pending(&self) -> io::Result<bool> {
         self.lock().map_err(|_| poisoned())?.event_pending()
+    }
+    fn translate_gva(&self, gva: u64) -> io::Result<Option<u64>> {
+        self.lock().map_err(|_| poisoned())?.translate_gva(gva)
     }
 }
 

@@ -13,12 +13,16 @@
 //!   switch: TLFS shared registers carried over, private ones kept, `HV_VP_VTL_CONTROL`'s entry
 //!   reason and the RAX/RCX restore in the VP assist page), Get/SetVpRegisters (VSM registers
 //!   and a lower VTL's private state), ModifyVtlProtectionMask (handed to a [`Protections`]
-//!   hook), and the cross-VTL synthetic cluster IPIs (a lower VTL may not target a higher one;
+//!   hook; [`KvmProtections`] applies it with `KVM_SET_VTL_PROTECTION`), and the cross-VTL synthetic cluster IPIs (a lower VTL may not target a higher one;
 //!   a higher VTL's IPI is delivered into the lower VTL's APIC group through [`Delivery`]);
 //! * [`Partition::handle_event_notify`] answers a `KVM_EXIT_EVENT_NOTIFY`
 //!   ([`crate::notify`]): an interrupt for a higher VTL than the running one enters that VTL
 //!   (entry reason Interrupt); the arming policy that makes the running sibling exit is applied
 //!   at every switch once the VMM called [`Partition::enable_event_notify`];
+//! * [`Partition::handle_memory_fault`] turns a lower VTL's protection violation
+//!   (`KVM_EXIT_MEMORY_FAULT`, [`crate::protections`]) into a secure intercept: a memory
+//!   intercept message in the higher VTL's SynIC message page, its SINT0 raised, the VP
+//!   switched to it ([`intercept`]);
 //! * KVM is reached only through the [`VtlVcpu`], [`GuestMemory`], [`Delivery`],
 //!   [`Protections`] and [`SiblingFactory`] traits, so the logic runs without `/dev/kvm`.
 //!   [`VtlVcpu`] is implemented for kvm-ioctls' `VcpuFd` (and `Arc<Mutex<_>>` of one), and
@@ -88,6 +92,21 @@
 //!                 Outcome::NotHandled => { /* other Hyper-V hypercalls: the VMM's */ }
 //!             }
 //!         }
+//!         // A protection violation (KVM_CAP_VTL_PROTECTIONS): a secure intercept for the
+//!         // VTL above; Switched means run the new active VTL's vCPU.
+//!         VcpuExit::MemoryFault { .. } => {
+//!             let run = vcpu.get_kvm_run();
+//!             let Some(fault) = vtlkit_uapi::protections::memory_fault_exit(run) else {
+//!                 continue;
+//!             };
+//!             let mut env = Env {
+//!                 memory: &ram,
+//!                 delivery: &delivery,
+//!                 protections: &mut protections,
+//!                 siblings: &mut siblings,
+//!             };
+//!             partition.handle_memory_fault(&mut env, 0, vtl, &fault)?;
+//!         }
 //!         VcpuExit::Hlt => break,
 //!         _ => {}
 //!     }
@@ -135,6 +154,14 @@
 //! | interrupts for a lower VTL than the active one | not armed: they wait in that VTL's LAPIC until it runs |
 //! | VtlReturn from a VTL entered by an interrupt (or a VtlCall) | back to the VTL it was entered from, which resumes where it stopped; RAX/RCX restored from the returning VTL's `HV_VP_VTL_CONTROL` unless fast, as after a VtlCall |
 //! | a notification that finds no higher VTL with an event (taken or withdrawn since) | [`NotifyOutcome::Resume`]: re-armed, same vCPU runs on |
+//! | ModifyVtlProtectionMask with [`KvmProtections`] | `KVM_SET_VTL_PROTECTION` for every VTL label below TargetVtl, one ioctl per run of contiguous GPNs; MapFlags R (bit 0), W (1), X = kernel- or user-execute (bits 2, 3; no MBEC); W or X without R, or any other bit: `HV_STATUS_INVALID_PARAMETER`, no rep; `EINVAL` from KVM: `HV_STATUS_INVALID_PARAMETER`, `ENOMEM`: `HV_STATUS_INSUFFICIENT_MEMORY`, with the reps of the runs before (see [`KvmProtections`]) |
+//! | DefaultVtlProtectionMask with [`KvmProtections`] | applied once, at the first write with EnableVtlProtection, to the RAM given by [`KvmProtections::with_ram`]; a restricting mask without known RAM, or an illegal one: `HV_STATUS_INVALID_REGISTER_VALUE` |
+//! | a protection fault of VTL n (`KVM_EXIT_MEMORY_FAULT` with an access flag, [`Partition::handle_memory_fault`]) | secure intercept to the lowest enabled VTL above n (KVM does not record who set the protection): `HvX64MemoryInterceptMessage` in SINT0's slot of its SIMP page, SINT0's vector raised as a fixed interrupt in its group ([`Delivery`]), the VP switched to it with entry reason Interrupt (2); VTL n stays at its instruction and retries it after the VtlReturn; [`InterceptOutcome::Switched`] |
+//! | the intercept's instruction bytes and length | fetched by the state machine (`KVM_TRANSLATE` of CS.base + RIP on the faulting vCPU, then guest memory; [`VtlVcpu::translate_gva`]), length from [`intercept::instruction_length`] (common memory-access encodings); 0 bytes / length 0 when unknown, length 0 for execute faults |
+//! | the target VTL's SINT0 masked (or vector < 16) | message posted, no interrupt, still switched ([`MessageDelivery::Masked`]) |
+//! | its SINT0 slot busy (type != 0), or no enabled SCONTROL/SIMP | MessagePending set in the busy slot, the message queued (one per VP and VTL, a newer intercept replaces it), posted and SINT0 raised at the next VtlCall or interrupt entry into that VTL that finds the slot free ([`MessageDelivery::Queued`], [`Partition::pending_intercept`]) |
+//! | a protection fault with no enabled VTL above, or a memory fault without an access flag | [`InterceptOutcome::NoHigherVtl`] / [`InterceptOutcome::NotProtectionFault`]: nothing changed, the VMM's to handle |
+//! | the SINT's AutoEoi and Polling bits | not honoured: the guest EOIs the fixed interrupt |
 //!
 //! State that is not carried: the shared MSRs (MTRRs, VP_INDEX, ...) are set identically on all
 //! siblings by the VMM when it creates them; DR6 is private (VsmCapabilities.Dr6Shared = 0,
@@ -145,7 +172,9 @@ mod enable;
 mod exit;
 pub mod hv;
 mod input;
+pub mod intercept;
 mod ipi;
+mod kvm_protections;
 mod regs;
 mod switch;
 #[cfg(test)]
@@ -161,6 +190,10 @@ pub use backend::{
 };
 pub use exit::{set_hcall_result, HcallExit};
 pub use hv::{Control, HvStatus, InitialVpContext, InputVtl};
+pub use intercept::{InterceptOutcome, MemoryInterceptMessage, MessageDelivery};
+pub use kvm_protections::{
+    map_flags_access, KvmProtections, SetVtlProtection, MAP_FLAGS_SUPPORTED,
+};
 pub use wake::NotifyOutcome;
 
 /// Number of VTLs the TLFS architecture allows (0..=15).
@@ -404,6 +437,8 @@ pub struct Vp<V> {
     /// The VTL each VTL was entered from (VtlCall or interrupt), where its VtlReturn goes;
     /// [`NO_VTL`] when it was not entered from a lower one.
     entered_from: [u8; NUM_VTLS],
+    /// Secure intercept messages waiting for each VTL's SINT0 slot (see [`intercept`]).
+    pending_intercept: Vec<Option<Box<[u8; intercept::synic::MESSAGE_SIZE]>>>,
 }
 
 /// "No VTL" in [`Vp`]'s bookkeeping.
@@ -426,6 +461,7 @@ impl<V: VtlVcpu> Vp<V> {
             ids,
             armed: 0,
             entered_from: [NO_VTL; NUM_VTLS],
+            pending_intercept: (0..NUM_VTLS).map(|_| None).collect(),
         }
     }
 

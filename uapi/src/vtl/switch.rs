@@ -45,6 +45,7 @@ impl<V: VtlVcpu> Partition<V> {
         park(vp, vtl, target);
         vp.entered_from[usize::from(target)] = vtl;
         super::wake::apply_policy(self.notify, self.vp_mut_ref(vp_index)?)?;
+        self.post_queued_intercept(env, vp_index, target)?;
         Ok(Outcome::Switched {
             from: vtl,
             to: target,

@@ -45,6 +45,8 @@ struct State {
     /// `KVM_GET_MP_STATE`: RUNNABLE for the mocks made by default (a BSP, or a vCPU the VMM
     /// started); siblings start UNINITIALIZED as KVM creates them (not the BSP, in-kernel LAPIC).
     mp_state: u32,
+    /// `KVM_TRANSLATE` maps every address to itself (else it fails: no instruction bytes).
+    identity_translate: bool,
 }
 
 impl Default for State {
@@ -86,6 +88,7 @@ impl Default for State {
             notify_log: Vec::new(),
             refuse_notify: false,
             mp_state: kvm_bindings::KVM_MP_STATE_RUNNABLE,
+            identity_translate: false,
         }
     }
 }
@@ -223,6 +226,13 @@ impl VtlVcpu for MockVcpu {
     }
     fn event_pending(&self) -> io::Result<bool> {
         Ok(self.st().event)
+    }
+    fn translate_gva(&self, gva: u64) -> io::Result<Option<u64>> {
+        if self.st().identity_translate {
+            Ok(Some(gva))
+        } else {
+            Err(io::Error::new(io::ErrorKind::Unsupported, "no translation"))
+        }
     }
 }
 
@@ -2542,4 +2552,566 @@ fn partition_config_is_validated() {
         ..ok
     })
     .is_ok());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Secure memory intercepts (handle_memory_fault) and KvmProtections
+
+use super::intercept::{msg, synic, CodeMode, ExecutionState};
+use crate::protections::{Access, FaultAccess, MemoryFault, VtlProtection};
+
+const SIMP1: u64 = 0x13000;
+const CODE: u64 = 0x14000;
+const FAULT_PAGE: u64 = 0x15000;
+/// `add [rdx], rax`.
+const ADD_INSN: [u8; 3] = [0x48, 0x01, 0x02];
+
+impl World {
+    /// VP `vp`'s active vCPU exits with `fault`.
+    fn fault(&mut self, vp: u32, fault: MemoryFault) -> Result<InterceptOutcome, VtlError> {
+        let vtl = self.p.vp(vp).unwrap().active_vtl();
+        let mut env = Env {
+            memory: &self.ram,
+            delivery: &self.sent,
+            protections: &mut self.prot,
+            siblings: &mut self.factory,
+        };
+        self.p.handle_memory_fault(&mut env, vp, vtl, &fault)
+    }
+
+    /// VTL1 on VP 0 with its SynIC on (SIMP at [`SIMP1`], SINT0 = `sint0`), VTL0 in 64-bit mode
+    /// at [`CODE`] holding [`ADD_INSN`].
+    fn intercept_world(sint0: u64) -> World {
+        let mut w = World::new();
+        w.vtl1(false);
+        let v1 = w.vcpu(0, 1);
+        v1.st().msrs.insert(hv::msr::VP_ASSIST_PAGE, ASSIST1 | 1);
+        v1.st().msrs.insert(synic::SCONTROL, 1);
+        v1.st().msrs.insert(synic::SIMP, SIMP1 | 1);
+        v1.st().msrs.insert(synic::SINT0, sint0);
+        let v0 = w.vcpu(0, 0);
+        {
+            let mut s = v0.st();
+            s.identity_translate = true;
+            s.regs.rip = CODE;
+            s.regs.rflags = 0x246;
+            s.regs.rax = 0x1111;
+            s.sregs.cr0 = 0x8005_0033; // PG, AM, WP, NE, ET, MP, PE
+            s.sregs.efer = 0xd00;
+            s.sregs.cr8 = 3;
+            s.sregs.cs = SegmentRegister {
+                base: 0,
+                limit: 0xffff_ffff,
+                selector: 8,
+                attributes: 0xa09b,
+            }
+            .to_kvm();
+            s.sregs.ss = seg(0x10, 0xc093).to_kvm();
+        }
+        w.ram.put(CODE, &ADD_INSN);
+        w
+    }
+}
+
+fn write_fault(gva: Option<u64>) -> MemoryFault {
+    MemoryFault {
+        gpa: FAULT_PAGE,
+        size: 4096,
+        access: Some(FaultAccess::Write),
+        gva,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn intercept_message_layout() {
+    let m = MemoryInterceptMessage {
+        vp_index: 0x0403_0201,
+        instruction_length: 3,
+        cr8: 0xa,
+        access: FaultAccess::Exec,
+        execution_state: ExecutionState {
+            cpl: 3,
+            cr0_pe: true,
+            cr0_am: false,
+            efer_lma: true,
+            debug_active: false,
+            interruption_pending: true,
+            vtl: 5,
+            interrupt_shadow: true,
+        },
+        cs: SegmentRegister {
+            base: 0x1122_3344_5566_7788,
+            limit: 0x99aa_bbcc,
+            selector: 0x33,
+            attributes: 0xa0fb,
+        },
+        rip: 0xffff_8000_1234_5678,
+        rflags: 0x246,
+        cache_type: 6,
+        instruction_bytes: *b"0123456789abcdef",
+        instruction_byte_count: 5,
+        gva: Some(0x7f00_0000_1000),
+        gpa: 0x12_3456_7000,
+    };
+    let b = m.to_slot();
+    let le = |off: usize, n: usize| {
+        let mut v = [0u8; 8];
+        v[..n].copy_from_slice(&b[off..off + n]);
+        u64::from_le_bytes(v)
+    };
+    // Header: type, payload size 0x50, no flags.
+    assert_eq!(le(0, 4), 0x8000_0001);
+    assert_eq!(b[4], 0x50);
+    assert_eq!(b[5], 0);
+    assert_eq!(&b[6..16], &[0; 10]);
+    // Payload at 16, absolute offsets.
+    assert_eq!(le(16, 4), 0x0403_0201); // vp_index
+    assert_eq!(b[20], 0xa3); // cr8 7:4, instruction length 3:0
+    assert_eq!(b[21], 2); // execute
+                          // cpl 3 | pe 1<<2 | lma 1<<4 | interruption pending 1<<6 | vtl 5<<7 | shadow 1<<12
+    assert_eq!(le(22, 2), 3 | 4 | 0x10 | 0x40 | (5 << 7) | 0x1000);
+    assert_eq!(le(24, 8), 0x1122_3344_5566_7788); // CS base
+    assert_eq!(le(32, 4), 0x99aa_bbcc); // CS limit
+    assert_eq!(le(36, 2), 0x33); // CS selector
+    assert_eq!(le(38, 2), 0xa0fb); // CS attributes
+    assert_eq!(le(40, 8), 0xffff_8000_1234_5678); // RIP
+    assert_eq!(le(48, 8), 0x246); // RFLAGS
+    assert_eq!(le(56, 4), 6); // cache type
+    assert_eq!(b[60], 5); // instruction byte count
+    assert_eq!(b[61], 1); // memory access info: GVA valid
+    assert_eq!(b[62], 0); // TPR priority
+    assert_eq!(b[63], 0); // reserved
+    assert_eq!(le(64, 8), 0x7f00_0000_1000); // GVA
+    assert_eq!(le(72, 8), 0x12_3456_7000); // GPA
+    assert_eq!(&b[80..85], b"01234"); // only the valid instruction bytes
+    assert_eq!(&b[85..96], &[0; 11]);
+    assert_eq!(&b[96..], &[0; 160]);
+    // The named offsets agree.
+    assert_eq!(msg::PAYLOAD + msg::GPA, 72);
+    assert_eq!(msg::PAYLOAD + msg::INSN_BYTES, 80);
+    assert_eq!(msg::SIZE, 0x50);
+}
+
+#[test]
+fn instruction_lengths() {
+    let l = |b: &[u8]| super::intercept::instruction_length(b, CodeMode::Long64);
+    assert_eq!(l(&[0x48, 0x01, 0x02]), Some(3)); // add [rdx], rax
+    assert_eq!(l(&[0x48, 0x89, 0x02]), Some(3)); // mov [rdx], rax
+    assert_eq!(l(&[0x8b, 0x02]), Some(2)); // mov eax, [rdx]
+    assert_eq!(l(&[0xf0, 0x48, 0x01, 0x02]), Some(4)); // lock add
+    assert_eq!(l(&[0x48, 0x89, 0x44, 0x24, 0x08]), Some(5)); // mov [rsp+8], rax (SIB, disp8)
+    assert_eq!(l(&[0x48, 0x89, 0x05, 1, 2, 3, 4]), Some(7)); // RIP-relative
+    assert_eq!(l(&[0x48, 0xc7, 0x02, 1, 2, 3, 4]), Some(7)); // mov qword [rdx], imm32
+    assert_eq!(l(&[0x66, 0xc7, 0x02, 1, 2]), Some(5)); // mov word [rdx], imm16
+    assert_eq!(l(&[0xc6, 0x82, 1, 2, 3, 4, 5]), Some(7)); // mov byte [rdx+disp32], imm8
+    assert_eq!(l(&[0x83, 0x04, 0x25, 0, 0x10, 0, 0, 1]), Some(8)); // SIB no base + disp32
+    assert_eq!(l(&[0xf7, 0x02, 1, 2, 3, 4]), Some(6)); // test [rdx], imm32
+    assert_eq!(l(&[0xf7, 0x1a]), Some(2)); // neg dword [rdx]
+    assert_eq!(l(&[0xa3, 1, 2, 3, 4, 5, 6, 7, 8]), Some(9)); // mov moffs64, eax
+    assert_eq!(l(&[0x0f, 0xb6, 0x02]), Some(3)); // movzx eax, byte [rdx]
+    assert_eq!(l(&[0x0f, 0xba, 0x2a, 3]), Some(4)); // bts dword [rdx], 3
+    assert_eq!(l(&[0xf3, 0x48, 0xab]), Some(3)); // rep stosq
+    assert_eq!(l(&[0x48, 0x01]), None); // truncated
+    assert_eq!(l(&[0xc5, 0xf8, 0x77]), None); // VEX: unknown
+    assert_eq!(l(&[0x0f, 0x38, 0x00, 0x02]), None);
+    let p = |b: &[u8]| super::intercept::instruction_length(b, CodeMode::Protected32);
+    assert_eq!(p(&[0x40]), None); // inc eax: not a memory access we decode
+    assert_eq!(p(&[0xa3, 1, 2, 3, 4]), Some(5)); // moffs32
+    assert_eq!(
+        super::intercept::instruction_length(&ADD_INSN, CodeMode::Bits16),
+        None
+    );
+}
+
+#[test_log::test]
+fn intercept_posts_the_message_raises_sint0_and_switches() {
+    let mut w = World::intercept_world(0x60);
+    let out = w.fault(0, write_fault(None)).unwrap();
+    assert_eq!(
+        out,
+        InterceptOutcome::Switched {
+            from: 0,
+            to: 1,
+            message: MessageDelivery::Raised { vector: 0x60 }
+        }
+    );
+    // SINT0's vector as a fixed interrupt to VTL1's group, APIC ID of VP 0.
+    assert_eq!(*w.sent.0.borrow(), vec![(1, 0, 0x60)]);
+    assert_eq!(w.p.vp(0).unwrap().active_vtl(), 1);
+    // Entry reason Interrupt, shared registers carried.
+    assert_eq!(w.ram.get(ASSIST1 + 8, 4), 2u32.to_le_bytes());
+    assert_eq!(w.vcpu(0, 1).st().regs.rax, 0x1111);
+    let slot = w.ram.get(SIMP1, 256);
+    let expect = MemoryInterceptMessage {
+        vp_index: 0,
+        instruction_length: 3,
+        cr8: 3,
+        access: FaultAccess::Write,
+        execution_state: ExecutionState {
+            cpl: 0,
+            cr0_pe: true,
+            cr0_am: true,
+            efer_lma: true,
+            vtl: 0,
+            ..Default::default()
+        },
+        cs: SegmentRegister {
+            base: 0,
+            limit: 0xffff_ffff,
+            selector: 8,
+            attributes: 0xa09b,
+        },
+        rip: CODE,
+        rflags: 0x246,
+        cache_type: 6,
+        instruction_bytes: {
+            let mut b = [0u8; 16];
+            b.copy_from_slice(&w.ram.get(CODE, 16));
+            b
+        },
+        instruction_byte_count: 16,
+        gva: None,
+        gpa: FAULT_PAGE,
+    };
+    assert_eq!(slot, expect.to_slot().to_vec());
+    // VTL0 stays where it faulted; VTL1's VtlReturn goes back to it, no completion pending.
+    assert_eq!(w.vcpu(0, 0).st().regs.rip, CODE);
+    w.vcpu(0, 1).st().regs.rax = 0; // a normal VtlReturn
+    assert!(matches!(
+        w.call(0, vtl_return()).unwrap(),
+        Outcome::Switched { from: 1, to: 0 }
+    ));
+    assert_eq!(w.vcpu(0, 0).st().regs.rip, CODE);
+    assert_eq!(w.vcpu(0, 0).st().completions, 0);
+}
+
+#[test]
+fn intercept_gva_and_no_instruction_bytes() {
+    let mut w = World::intercept_world(0x60);
+    w.vcpu(0, 0).st().identity_translate = false;
+    w.fault(0, write_fault(Some(0xdead_b000))).unwrap();
+    let slot = w.ram.get(SIMP1, 256);
+    assert_eq!(slot[msg::PAYLOAD + msg::ACCESS_INFO], msg::GVA_VALID);
+    assert_eq!(
+        w.ram.u64(SIMP1 + (msg::PAYLOAD + msg::GVA) as u64),
+        0xdead_b000
+    );
+    assert_eq!(slot[msg::PAYLOAD + msg::INSN_BYTE_COUNT], 0);
+    // Without bytes the length is unknown: 0.
+    assert_eq!(slot[msg::PAYLOAD + msg::INSN_LENGTH_CR8] & 0xf, 0);
+}
+
+#[test]
+fn intercept_with_masked_sint0_posts_without_interrupt() {
+    let mut w = World::intercept_world(synic::SINT_MASKED | 0x60);
+    let out = w.fault(0, write_fault(None)).unwrap();
+    assert!(matches!(
+        out,
+        InterceptOutcome::Switched {
+            to: 1,
+            message: MessageDelivery::Masked,
+            ..
+        }
+    ));
+    assert!(w.sent.0.borrow().is_empty());
+    assert_eq!(w.ram.get(SIMP1, 4), 0x8000_0001u32.to_le_bytes());
+    assert_eq!(w.p.vp(0).unwrap().active_vtl(), 1);
+}
+
+#[test]
+fn intercept_into_a_busy_slot_is_queued_until_the_next_entry() {
+    let mut w = World::intercept_world(0x61);
+    // An earlier message VTL1 has not consumed.
+    w.ram.put(SIMP1, &0x8000_0010u32.to_le_bytes());
+    let out = w.fault(0, write_fault(None)).unwrap();
+    assert!(matches!(
+        out,
+        InterceptOutcome::Switched {
+            to: 1,
+            message: MessageDelivery::Queued,
+            ..
+        }
+    ));
+    // Not overwritten; MessagePending set; no interrupt.
+    assert_eq!(w.ram.get(SIMP1, 4), 0x8000_0010u32.to_le_bytes());
+    assert_eq!(w.ram.get(SIMP1 + 5, 1), [msg::FLAG_PENDING]);
+    assert!(w.sent.0.borrow().is_empty());
+    assert!(w.p.pending_intercept(0, 1).is_some());
+    // VTL1 consumes the old message and returns; the next VtlCall into VTL1 posts the queued
+    // one and raises SINT0.
+    w.ram.put(SIMP1, &[0; 8]);
+    w.vcpu(0, 1).st().regs.rax = 0;
+    assert!(matches!(
+        w.call(0, vtl_return()).unwrap(),
+        Outcome::Switched { from: 1, to: 0 }
+    ));
+    assert!(matches!(
+        w.call(0, vtl_call()).unwrap(),
+        Outcome::Switched { from: 0, to: 1 }
+    ));
+    assert_eq!(w.ram.get(SIMP1, 4), 0x8000_0001u32.to_le_bytes());
+    assert_eq!(
+        w.ram.u64(SIMP1 + (msg::PAYLOAD + msg::GPA) as u64),
+        FAULT_PAGE
+    );
+    assert_eq!(*w.sent.0.borrow(), vec![(1, 0, 0x61)]);
+    assert!(w.p.pending_intercept(0, 1).is_none());
+}
+
+#[test]
+fn intercept_without_a_synic_is_queued() {
+    let mut w = World::intercept_world(0x60);
+    w.vcpu(0, 1).st().msrs.remove(&synic::SCONTROL);
+    let out = w.fault(0, write_fault(None)).unwrap();
+    assert!(matches!(
+        out,
+        InterceptOutcome::Switched {
+            message: MessageDelivery::Queued,
+            ..
+        }
+    ));
+    assert_eq!(w.ram.get(SIMP1, 4), [0; 4]);
+    assert!(w.p.pending_intercept(0, 1).is_some());
+}
+
+#[test]
+fn memory_fault_without_higher_vtl_or_access_is_not_an_intercept() {
+    let mut w = World::new();
+    assert_eq!(
+        w.fault(0, write_fault(None)).unwrap(),
+        InterceptOutcome::NoHigherVtl
+    );
+    let mut w = World::intercept_world(0x60);
+    let plain = MemoryFault {
+        gpa: FAULT_PAGE,
+        size: 4096,
+        ..Default::default()
+    };
+    assert_eq!(
+        w.fault(0, plain).unwrap(),
+        InterceptOutcome::NotProtectionFault
+    );
+    assert_eq!(w.p.vp(0).unwrap().active_vtl(), 0);
+    assert!(w.sent.0.borrow().is_empty());
+    // The exit must come from the active sibling.
+    let mut env = Env {
+        memory: &w.ram,
+        delivery: &w.sent,
+        protections: &mut w.prot,
+        siblings: &mut w.factory,
+    };
+    assert!(matches!(
+        w.p.handle_memory_fault(&mut env, 0, 1, &write_fault(None)),
+        Err(VtlError::NotActive { .. })
+    ));
+}
+
+/// A `KVM_SET_VTL_PROTECTION` recorder that fails with `errno` from call `fail_at` on.
+#[derive(Default)]
+struct Rec {
+    calls: Vec<VtlProtection>,
+    fail_at: Option<(usize, i32)>,
+}
+
+impl SetVtlProtection for Rec {
+    fn set_vtl_protection(&mut self, p: VtlProtection) -> io::Result<()> {
+        if let Some((at, errno)) = self.fail_at {
+            if self.calls.len() >= at {
+                return Err(io::Error::from_raw_os_error(errno));
+            }
+        }
+        self.calls.push(p);
+        Ok(())
+    }
+}
+
+fn req(target_vtl: u8, map_flags: u32) -> ProtectionRequest {
+    ProtectionRequest {
+        vp_index: 0,
+        caller_vtl: target_vtl,
+        target_vtl,
+        map_flags,
+    }
+}
+
+fn prot(gpa: u64, pages: u64, vtl: u8, access: Access) -> VtlProtection {
+    VtlProtection {
+        gpa,
+        size: pages * 4096,
+        vtl,
+        access,
+    }
+}
+
+#[test]
+fn map_flags_to_access() {
+    assert_eq!(map_flags_access(0), Some(Access::NONE));
+    assert_eq!(map_flags_access(1), Some(Access::READ));
+    assert_eq!(map_flags_access(3), Some(Access::READ_WRITE));
+    assert_eq!(map_flags_access(5), Some(Access::READ_EXEC));
+    assert_eq!(map_flags_access(9), Some(Access::READ_EXEC)); // user-execute counts as X
+    assert_eq!(map_flags_access(0xf), Some(Access::ALL));
+    for bad in [2, 4, 6, 8, 0xe, 0x10, 0x8001, 0x1f] {
+        assert_eq!(map_flags_access(bad), None, "{bad:#x}");
+    }
+}
+
+#[test]
+fn kvm_protections_coalesce_runs_for_every_lower_vtl() {
+    let mut p = KvmProtections::new(Rec::default());
+    let r = p
+        .modify_vtl_protection_mask(&req(2, 1), &[0x100, 0x101, 0x102, 0x200, 0x1ff])
+        .unwrap();
+    assert_eq!(
+        r,
+        RepStatus {
+            status: HvStatus::SUCCESS,
+            completed: 5
+        }
+    );
+    assert_eq!(
+        p.setter().calls,
+        vec![
+            prot(0x10_0000, 3, 0, Access::READ),
+            prot(0x10_0000, 3, 1, Access::READ),
+            prot(0x20_0000, 1, 0, Access::READ),
+            prot(0x20_0000, 1, 1, Access::READ),
+            prot(0x1f_f000, 1, 0, Access::READ),
+            prot(0x1f_f000, 1, 1, Access::READ),
+        ]
+    );
+}
+
+#[test]
+fn kvm_protections_refuse_illegal_flags_and_report_partial_failure() {
+    let mut p = KvmProtections::new(Rec::default());
+    for flags in [2, 4, 0x13] {
+        assert_eq!(
+            p.modify_vtl_protection_mask(&req(1, flags), &[1, 2])
+                .unwrap(),
+            RepStatus {
+                status: HvStatus::INVALID_PARAMETER,
+                completed: 0
+            }
+        );
+    }
+    assert!(p.setter().calls.is_empty());
+    // EINVAL on the third run (beyond the address width): the first two runs completed.
+    let mut p = KvmProtections::new(Rec {
+        fail_at: Some((2, libc::EINVAL)),
+        ..Default::default()
+    });
+    assert_eq!(
+        p.modify_vtl_protection_mask(&req(1, 0), &[1, 2, 4, 9, 10])
+            .unwrap(),
+        RepStatus {
+            status: HvStatus::INVALID_PARAMETER,
+            completed: 3
+        }
+    );
+    let mut p = KvmProtections::new(Rec {
+        fail_at: Some((0, libc::ENOMEM)),
+        ..Default::default()
+    });
+    assert_eq!(
+        p.modify_vtl_protection_mask(&req(1, 0), &[1])
+            .unwrap()
+            .status,
+        HvStatus::INSUFFICIENT_MEMORY
+    );
+    // A GPN whose address overflows.
+    let mut p = KvmProtections::new(Rec::default());
+    assert_eq!(
+        p.modify_vtl_protection_mask(&req(1, 0), &[5, u64::MAX >> 4])
+            .unwrap(),
+        RepStatus {
+            status: HvStatus::INVALID_PARAMETER,
+            completed: 1
+        }
+    );
+    // Another errno is a host failure.
+    let mut p = KvmProtections::new(Rec {
+        fail_at: Some((0, libc::EBADF)),
+        ..Default::default()
+    });
+    assert!(p.modify_vtl_protection_mask(&req(1, 0), &[1]).is_err());
+}
+
+#[test]
+fn kvm_protections_through_the_state_machine() {
+    let mut w = World::new();
+    w.vtl1(false);
+    w.call(0, vtl_call()).unwrap();
+    w.ram.put(IN, &prot_input(3, 0, &[0x100, 0x101, 0x300]));
+    w.vcpu(0, 1).exited();
+    let mut kp = KvmProtections::new(Rec {
+        fail_at: Some((1, libc::EINVAL)),
+        ..Default::default()
+    });
+    let mut env = Env {
+        memory: &w.ram,
+        delivery: &w.sent,
+        protections: &mut kp,
+        siblings: &mut w.factory,
+    };
+    let out =
+        w.p.handle_hypercall(
+            &mut env,
+            0,
+            1,
+            &slow_rep(code::MODIFY_VTL_PROTECTION_MASK, 3, 0),
+        )
+        .unwrap();
+    assert_eq!(
+        out,
+        Outcome::Complete {
+            result: HvStatus::INVALID_PARAMETER.result(2)
+        }
+    );
+    assert_eq!(
+        kp.setter().calls,
+        vec![prot(0x10_0000, 2, 0, Access::READ_WRITE)]
+    );
+}
+
+#[test]
+fn kvm_protections_default_mask() {
+    // Full access: nothing to do, RAM not needed.
+    let mut p = KvmProtections::new(Rec::default());
+    assert_eq!(
+        p.partition_config_changed(1, 1 | (0xf << 1)).unwrap(),
+        HvStatus::SUCCESS
+    );
+    assert!(p.setter().calls.is_empty());
+    // Read-only default without known RAM: refused.
+    let mut p = KvmProtections::new(Rec::default());
+    assert_eq!(
+        p.partition_config_changed(1, 1 | (1 << 1)).unwrap(),
+        HvStatus::INVALID_REGISTER_VALUE
+    );
+    // Write without read: illegal.
+    assert_eq!(
+        p.partition_config_changed(1, 1 | (2 << 1)).unwrap(),
+        HvStatus::INVALID_REGISTER_VALUE
+    );
+    // With RAM: applied once, for every lower VTL.
+    let mut p = KvmProtections::new(Rec::default()).with_ram(vec![(0, 0x10_0000)]);
+    assert_eq!(
+        p.partition_config_changed(2, 1 | (0b1001 << 1)).unwrap(),
+        HvStatus::SUCCESS
+    );
+    assert_eq!(
+        p.setter().calls,
+        vec![
+            prot(0, 0x100, 0, Access::READ_EXEC),
+            prot(0, 0x100, 1, Access::READ_EXEC)
+        ]
+    );
+    p.partition_config_changed(2, 1 | (0b1001 << 1)).unwrap();
+    assert_eq!(p.setter().calls.len(), 2);
+    // Without EnableVtlProtection nothing happens.
+    let mut p = KvmProtections::new(Rec::default()).with_ram(vec![(0, 0x1000)]);
+    assert_eq!(p.partition_config_changed(1, 0).unwrap(), HvStatus::SUCCESS);
+    assert!(p.setter().calls.is_empty());
 }

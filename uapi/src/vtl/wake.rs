@@ -177,6 +177,7 @@ impl<V: VtlVcpu> Partition<V> {
         vp.active = to;
         vp.entered_from[usize::from(to)] = from;
         apply_policy(notify, vp)?;
+        self.post_queued_intercept(env, vp_index, to)?;
         Ok(NotifyOutcome::Interrupted { from, to })
     }
 }

@@ -1401,6 +1401,11 @@ impl Fuzzer {
                     crate::vm::Step::EventNotify(by) => {
                         bail!("VM {serial} pair sibling index {i}: unexpected KVM_EXIT_EVENT_NOTIFY from vCPU {by} before the pair was armed")
                     }
+                    crate::vm::Step::MemoryFault(f) => {
+                        bail!(
+                            "VM {serial} pair sibling index {i}: unexpected protection fault ({f})"
+                        )
+                    }
                 }
             };
             let v = &mut fvm.vcpus[i];

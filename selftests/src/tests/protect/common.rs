@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0-only OR Apache-2.0
 //! What the protection tests share: a VM opted in to `KVM_CAP_VTL_PROTECTIONS` whose vCPUs run
 //! the memory-access guest ([`Entry::MemOps`]), a runner that returns a protection fault as an
-//! event (on the framework's [`vm::run_once_or_fault`]), the checks of a fault, and the paging
+//! event (on the framework's [`vm::run_once_raw`], which returns it as `Step::MemoryFault`), the checks of a fault, and the paging
 //! mode the host KVM uses.
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -9,9 +9,7 @@ use vtlkit_uapi::protections::{self, Access, FaultAccess, MemoryFault, VtlProtec
 
 use crate::guest::{self, memops, Entry};
 use crate::stats::Stats;
-use crate::vm::{
-    self, layout, FaultStep, GuestMem, GuestRecord, Step, TestVm, Ucall, Vcpu, VmOptions,
-};
+use crate::vm::{self, layout, GuestMem, GuestRecord, Step, TestVm, Ucall, Vcpu, VmOptions};
 
 /// The data page the tests protect: inside the guest's second 2 MiB page (0x200000..0x400000,
 /// one large page in the guest's page tables), with unprotected neighbours on both sides.
@@ -118,14 +116,21 @@ pub(crate) enum Event {
 
 /// One `KVM_RUN` (more if the guest prints): a round's SYNC, a memory fault, or a kick; any
 /// other exit or ucall, and a guest ABORT, is an error that says what the guest did (the
-/// framework's [`vm::run_once_or_fault`] decodes the exits).
+/// framework's [`vm::run_once_raw`] decodes the exits).
 pub(crate) fn run_raw(vcpu: &mut Vcpu, mem: &GuestMem) -> Result<Event> {
     let id = vcpu.id;
-    let u = match vm::run_once_or_fault(vcpu, mem)? {
-        FaultStep::MemoryFault { fault, rip } => return Ok(Event::Fault { fault, rip }),
-        FaultStep::Step(Step::Interrupted) => return Ok(Event::Interrupted),
-        FaultStep::Step(Step::Ucall(u)) => u,
-        FaultStep::Step(other) => bail!("vCPU {id}: unexpected {other:?}"),
+    let u = match vm::run_once_raw(vcpu, mem)? {
+        Step::MemoryFault(fault) => {
+            let rip = vcpu
+                .fd
+                .get_regs()
+                .map_err(|e| anyhow!("vCPU {id}: KVM_GET_REGS: {e}"))?
+                .rip;
+            return Ok(Event::Fault { fault, rip });
+        }
+        Step::Interrupted => return Ok(Event::Interrupted),
+        Step::Ucall(u) => u,
+        other => bail!("vCPU {id}: unexpected {other:?}"),
     };
     match u {
         Ucall::Sync {

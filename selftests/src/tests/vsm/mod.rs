@@ -9,11 +9,14 @@
 //! * [`call`]: VtlCall/VtlReturn: shared and private registers, normal and fast return, the
 //!   entry reason, several round trips;
 //! * [`ipi`]: Hyper-V IPIs between the VTLs of a VP;
-//! * [`fault`]: VtlCall with no higher VTL enabled.
+//! * [`fault`]: VtlCall with no higher VTL enabled;
+//! * [`intercept`]: secure memory intercepts (issue 10): a VTL0 write to a page VTL1 made
+//!   read-only reaches VTL1 as a SynIC message, and VTL1 allows or denies it.
 
 mod call;
 mod common;
 mod fault;
+mod intercept;
 mod ipi;
 
 use crate::harness::Test;
@@ -48,5 +51,20 @@ pub const TESTS: &[Test] = &[
         name: "vsm_vtl_call_without_higher_vtl_ud",
         about: "a VtlCall with no higher VTL enabled raises #UD at the hypercall instruction in the guest (the state machine's answer), with no switch",
         run: fault::vsm_vtl_call_without_higher_vtl_ud,
+    },
+    Test {
+        name: "vsm_intercept_allow",
+        about: "VTL1 makes a page read-only for VTL0 (HvCallModifyVtlProtectionMask); VTL0's write to it reaches VTL1 as an HvX64MemoryInterceptMessage on SINT0 (type, GPA, write, VP index, RIP, length, bytes read by VTL1); VTL1 lifts the protection and VTL0's write completes exactly once",
+        run: intercept::vsm_intercept_allow,
+    },
+    Test {
+        name: "vsm_intercept_deny",
+        about: "as vsm_intercept_allow, but VTL1 moves VTL0's RIP past the write (HvCallSetVpRegisters): VTL0 reads the old value, memory is unchanged and VTL0's view stays read-only (KVM_GET_VTL_PROTECTION)",
+        run: intercept::vsm_intercept_deny,
+    },
+    Test {
+        name: "vsm_intercept_read_allow",
+        about: "VTL1 takes all access to a page from VTL0; VTL0's read of it reaches VTL1 as a GPA-intercept message with access type read (and the load's RIP, length, bytes); VTL1 lifts the protection and VTL0 reads the page's value",
+        run: intercept::vsm_intercept_read_allow,
     },
 ];
