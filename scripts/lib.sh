@@ -181,9 +181,12 @@ kernel_log_lines() {
 }
 
 # kernel_reports SERIAL DMESG: the kernel reports in a guest run's kernel log lines, each
-# once. The kernel's echo of its command line is not a report, whatever words it passes on.
+# once. The kernel's echo of its command line is not a report, whatever words it passes on;
+# nor is the stack the OOM killer dumps when a test exhausts the guest's memory (its
+# "Call Trace:" three lines after "... invoked oom-killer:"): a resource limit, not a bug.
 kernel_reports() {
 	kernel_log_lines "$1" "$2" | grep -vE '^(\[ *[0-9]+\.[0-9]+\] )?(Kernel )?[Cc]ommand line: ' |
+		awk '/ invoked oom-killer: / { oom = NR } /Call Trace:/ && oom && NR - oom <= 3 { next } { print }' |
 		grep -E "$VTLKIT_REPORT_RE" | LC_ALL=C sort -u || true
 }
 

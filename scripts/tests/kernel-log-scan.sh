@@ -133,6 +133,29 @@ check "a kernel line glued to a test's unfinished line fails" 1 \
 	"^    \[    5\.300000\] UBSAN: shift-out-of-bounds" "error: the kernel log has"
 
 reset
+cat >>"$tmp/dmesg" <<'EOF'
+[   12.335272] max_guest_memor invoked oom-killer: gfp_mask=0x140cca(GFP_HIGHUSER_MOVABLE|__GFP_COMP), order=0, oom_score_adj=0
+[   12.336054] CPU: 0 UID: 0 PID: 743 Comm: max_guest_memor Not tainted 6.12.117-vtlkit #6
+[   12.336223] Hardware name: QEMU Standard PC (Q35 + ICH9, 2009), BIOS 1.16.2-debian-1.16.2-1 04/01/2014
+[   12.336355] Call Trace:
+[   12.336811]  <TASK>
+[   12.336947]  dump_stack_lvl+0x5b/0x70
+[   12.337435]  oom_kill_process+0x2ba/0x480
+[   12.340000] Out of memory: Killed process 743 (max_guest_memor) total-vm:2100000kB
+EOF
+check "the OOM killer's stack dump is not a report" 0 "kernel log clean"
+
+reset
+cat >>"$tmp/dmesg" <<'EOF'
+[   12.335272] max_guest_memor invoked oom-killer: gfp_mask=0x140cca(GFP_HIGHUSER_MOVABLE|__GFP_COMP), order=0, oom_score_adj=0
+[   12.340000] Out of memory: Killed process 743 (max_guest_memor) total-vm:2100000kB
+[   13.000000] kvm: some later message
+[   13.100000] other line
+[   13.200000] Call Trace:
+EOF
+check "a stack dump after an OOM kill's report still fails" 1 "error: the kernel log has"
+
+reset
 echo 1 >"$tmp/status"
 check "a test failure with a clean kernel log keeps the guest's status" 1 \
 	"kernel log clean" "exit status 1 \(test failures\)"
