@@ -118,6 +118,20 @@ fn cmdline_value(cmdline: &str, key: &str) -> Option<String> {
         .find_map(|w| w.strip_prefix(key)?.strip_prefix('=').map(str::to_string))
 }
 
+/// Diagnostic: fuzzer features switched off with `vtlkit.fuzz_off=a,b,...` on the kernel
+/// command line (pairs, tpr, ninj, pairnmi, pairprobe).
+pub(super) fn off(feature: &str) -> bool {
+    static OFF: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    OFF.get_or_init(|| {
+        let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        cmdline_value(&cmdline, "vtlkit.fuzz_off")
+            .map(|v| v.split(',').map(str::to_string).collect())
+            .unwrap_or_default()
+    })
+    .iter()
+    .any(|f| f == feature)
+}
+
 fn knob(env: &str, cmdline_key: &str, cmdline: &str) -> Result<Option<u64>> {
     let (raw, from) = match std::env::var(env) {
         Ok(v) => (v, env.to_string()),
@@ -3676,6 +3690,7 @@ fn tcg_nested_corruption(e: &anyhow::Error) -> bool {
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let text = format!("{e:#}");
     cmdline_value(&cmdline, "vtlkit.accel").as_deref() == Some("tcg")
+        && cmdline_value(&cmdline, "vtlkit.fuzz_strict").as_deref() != Some("1")
         && text.contains("unexpected exit Shutdown")
         && text.contains("the guest recorded no exception")
 }
