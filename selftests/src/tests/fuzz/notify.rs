@@ -276,10 +276,13 @@ fn would_take(s: &VState) -> bool {
 }
 
 /// In the middle of an interrupt or NMI: parking now could leave a lower-class interrupt
-/// blocked behind one in service.
+/// blocked behind one in service, or an NMI handler unfinished (NMIs blocked until its IRET),
+/// its count not yet taken, with nothing to notify the home sibling of: a parked sibling runs
+/// again only for a new event.
 fn mid_interrupt(s: &VState) -> bool {
     highest(&s.lapic, lapic_reg::ISR).is_some()
         || s.events.nmi.injected != 0
+        || s.events.nmi.masked != 0
         || s.events.interrupt.injected != 0
 }
 
