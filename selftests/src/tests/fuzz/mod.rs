@@ -127,7 +127,7 @@ fn cmdline_value(cmdline: &str, key: &str) -> Option<String> {
 }
 
 /// Diagnostic: fuzzer features switched off with `vtlkit.fuzz_off=a,b,...` on the kernel
-/// command line (pairs, tpr, ninj, pairnmi, pairprobe).
+/// command line (pairs, tpr, ninj, pairnmi, pairprobe, onethread, oldstop, prot).
 pub(super) fn off(feature: &str) -> bool {
     static OFF: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     OFF.get_or_init(|| {

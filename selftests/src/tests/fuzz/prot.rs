@@ -194,7 +194,7 @@ impl Fuzzer {
             supported,
             ..Default::default()
         };
-        if !supported || self.rng.one_in(3) {
+        if !supported || super::off("prot") || self.rng.one_in(3) {
             return Ok(pv);
         }
         if self.rng.one_in(4) {
@@ -285,7 +285,7 @@ impl Fuzzer {
             let pv = &self.vms[k].prot;
             (pv.supported, pv.enabled)
         };
-        if !supported {
+        if !supported || super::off("prot") {
             return Ok(());
         }
         if !enabled {
