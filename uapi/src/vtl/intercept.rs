@@ -439,14 +439,7 @@ impl<V: VtlVcpu> Partition<V> {
         fault: &MemoryFault,
     ) -> Result<InterceptOutcome, VtlError> {
         let notify = self.notify;
-        let vp = self.vp_mut_ref(vp_index)?;
-        if vp.active != vtl {
-            return Err(VtlError::NotActive {
-                vp_index,
-                vtl,
-                active: vp.active,
-            });
-        }
+        let vp = self.active_vp_mut(vp_index, vtl)?;
         let Some(access) = fault.access else {
             return Ok(InterceptOutcome::NotProtectionFault);
         };

@@ -637,17 +637,7 @@ impl<V: VtlVcpu> Partition<V> {
         vtl: u8,
         exit: &HcallExit,
     ) -> Result<Outcome, VtlError> {
-        let vp = self
-            .vps
-            .get(&vp_index)
-            .ok_or(VtlError::UnknownVp(vp_index))?;
-        if vp.active != vtl {
-            return Err(VtlError::NotActive {
-                vp_index,
-                vtl,
-                active: vp.active,
-            });
-        }
+        self.active_vp_mut(vp_index, vtl)?;
         let c = exit.control;
         let call = Call {
             vp_index,
@@ -703,6 +693,20 @@ impl<V: VtlVcpu> Partition<V> {
         self.vps
             .get_mut(&vp_index)
             .ok_or(VtlError::UnknownVp(vp_index))
+    }
+
+    /// VP `vp_index`, which must exist and be running `vtl` (the VTL of the exit the VMM is
+    /// answering).
+    fn active_vp_mut(&mut self, vp_index: u32, vtl: u8) -> Result<&mut Vp<V>, VtlError> {
+        let vp = self.vp_mut_ref(vp_index)?;
+        if vp.active != vtl {
+            return Err(VtlError::NotActive {
+                vp_index,
+                vtl,
+                active: vp.active,
+            });
+        }
+        Ok(vp)
     }
 }
 

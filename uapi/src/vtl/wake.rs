@@ -129,14 +129,7 @@ impl<V: VtlVcpu> Partition<V> {
         vtl: u8,
     ) -> Result<NotifyOutcome, VtlError> {
         let notify = self.notify;
-        let vp = self.vp_mut_ref(vp_index)?;
-        if vp.active != vtl {
-            return Err(VtlError::NotActive {
-                vp_index,
-                vtl,
-                active: vp.active,
-            });
-        }
+        let vp = self.active_vp_mut(vp_index, vtl)?;
         // Highest VTL with a pending event wins.
         let mut winner = None;
         for t in (vtl + 1..NUM_VTLS as u8).rev() {
