@@ -42,8 +42,8 @@ use std::io;
 use kvm_bindings::{kvm_regs, kvm_sregs};
 
 use super::backend::{Env, GuestMemory, VtlVcpu};
-use super::hv::{assist, SegmentRegister};
-use super::switch::{carry_shared, sibling, write_entry_reason};
+use super::hv::SegmentRegister;
+use super::switch::sibling;
 use super::{vcpu_op, Partition, VtlError};
 use crate::protections::{FaultAccess, MemoryFault};
 
@@ -466,16 +466,8 @@ impl<V: VtlVcpu> Partition<V> {
             regs.rip,
             message.instruction_length
         );
-        // The switch, as for an interrupt entry: `from` has no completion pending, `to` finishes
-        // its own (its VtlReturn) when it runs.
-        let next = carry_shared(vp, vp_index, from, to, &regs)?;
-        let dst = sibling(vp, to)?;
-        vcpu_op("KVM_SET_REGS", vp_index, to, dst.set_regs(&next))?;
-        write_entry_reason(dst, vp_index, to, env, assist::ENTRY_REASON_INTERRUPT)?;
-        vp.parked &= !((1 << to) | (1 << from));
-        vp.active = to;
-        vp.entered_from[usize::from(to)] = from;
-        super::wake::apply_policy(notify, vp)?;
+        // The switch, as for an interrupt entry.
+        super::wake::enter_for_interrupt(env, notify, vp, from, to, &regs)?;
         // A newer intercept replaces a queued one (same faulting instruction, retried).
         vp.pending_intercept[usize::from(to)] = None;
         let delivery = self.post_intercept(env, vp_index, to, &message.to_slot())?;

@@ -47,6 +47,32 @@ pub enum NotifyOutcome {
     Resume,
 }
 
+/// Switch `vp` from VTL `from`, which made no call (an interrupt for `to`, or a secure
+/// intercept), into VTL `to` with entry reason Interrupt; `regs` are `from`'s registers.
+pub(super) fn enter_for_interrupt<V: VtlVcpu>(
+    env: &Env<'_, V>,
+    notify: bool,
+    vp: &mut Vp<V>,
+    from: u8,
+    to: u8,
+    regs: &kvm_bindings::kvm_regs,
+) -> Result<(), VtlError> {
+    let vp_index = vp.index;
+    // The interrupted VTL's GPRs are carried as they are: it made no call, so its RAX and RCX
+    // are live values, which the entered VTL saves in its HV_VP_VTL_CONTROL for the (normal)
+    // VtlReturn to restore.
+    let next = carry_shared(vp, vp_index, from, to, regs)?;
+    let dst = sibling(vp, to)?;
+    vcpu_op("KVM_SET_REGS", vp_index, to, dst.set_regs(&next))?;
+    write_entry_reason(dst, vp_index, to, env, assist::ENTRY_REASON_INTERRUPT)?;
+    // `to` runs next, which finishes its own pending VtlReturn completion (if it made one);
+    // `from` has none and is not parked in a hypercall.
+    vp.parked &= !((1 << to) | (1 << from));
+    vp.active = to;
+    vp.entered_from[usize::from(to)] = from;
+    apply_policy(notify, vp)
+}
+
 /// Apply the arming policy (module documentation) to `vp` for its active VTL, if the
 /// partition uses event notification.
 pub(super) fn apply_policy<V: VtlVcpu>(notify: bool, vp: &mut Vp<V>) -> Result<(), VtlError> {
@@ -157,19 +183,7 @@ impl<V: VtlVcpu> Partition<V> {
             from,
             sibling(vp, from)?.get_regs(),
         )?;
-        // The interrupted VTL's GPRs are carried as they are: it made no call, so its RAX and
-        // RCX are live values, which the entered VTL saves in its HV_VP_VTL_CONTROL for the
-        // (normal) VtlReturn to restore.
-        let next = carry_shared(vp, vp_index, from, to, &regs)?;
-        let dst = sibling(vp, to)?;
-        vcpu_op("KVM_SET_REGS", vp_index, to, dst.set_regs(&next))?;
-        write_entry_reason(dst, vp_index, to, env, assist::ENTRY_REASON_INTERRUPT)?;
-        // `to` runs next, which finishes its own pending VtlReturn completion (if it made one);
-        // `from` has none and is not parked in a hypercall.
-        vp.parked &= !((1 << to) | (1 << from));
-        vp.active = to;
-        vp.entered_from[usize::from(to)] = from;
-        apply_policy(notify, vp)?;
+        enter_for_interrupt(env, notify, vp, from, to, &regs)?;
         self.post_queued_intercept(env, vp_index, to)?;
         Ok(NotifyOutcome::Interrupted { from, to })
     }
