@@ -167,13 +167,20 @@ impl Shared {
             .map(|(t, w)| format!("[{:.3}] {w}", t.as_secs_f64()))
             .collect();
         format!(
-            "runner trail (now {:.3}; KVM_RUN calls/returns home {}/{} away {}/{}): {}",
+            "runner trail (now {:.3}; KVM_RUN calls/returns {}): {}",
             now.as_secs_f64(),
+            self.run_counts(),
+            steps.join(" / ")
+        )
+    }
+    /// `home C/R, away C/R`: KVM_RUN calls and returns of each sibling.
+    fn run_counts(&self) -> String {
+        format!(
+            "home {}/{}, away {}/{}",
             self.runs[0].load(Ordering::SeqCst),
             self.returns[0].load(Ordering::SeqCst),
             self.runs[1].load(Ordering::SeqCst),
-            self.returns[1].load(Ordering::SeqCst),
-            steps.join(" / ")
+            self.returns[1].load(Ordering::SeqCst)
         )
     }
 }
@@ -1034,21 +1041,9 @@ fn stop_pair(fvm: &mut FuzzVm, p: usize, settle: bool, stats: &Stats) -> Result<
             let _ = std::fs::write("/proc/sysrq-trigger", "l");
             let sh = &runner.shared;
             diag.push_str(&format!("; {}", sh.trail_text()));
-            diag.push_str(&format!(
-                "; KVM_RUN calls/returns: home {}/{}, away {}/{}",
-                sh.runs[0].load(Ordering::SeqCst),
-                sh.returns[0].load(Ordering::SeqCst),
-                sh.runs[1].load(Ordering::SeqCst),
-                sh.returns[1].load(Ordering::SeqCst)
-            ));
+            diag.push_str(&format!("; KVM_RUN calls/returns: {}", sh.run_counts()));
             std::thread::sleep(Duration::from_millis(500));
-            diag.push_str(&format!(
-                "; 0.5 s later: home {}/{}, away {}/{}",
-                sh.runs[0].load(Ordering::SeqCst),
-                sh.returns[0].load(Ordering::SeqCst),
-                sh.runs[1].load(Ordering::SeqCst),
-                sh.returns[1].load(Ordering::SeqCst)
-            ));
+            diag.push_str(&format!("; 0.5 s later: {}", sh.run_counts()));
             bail!(
                 "VM {}: the runner of pair (home index {home}, away index {away}) did not stop within {:?}{diag}; last: {}",
                 fvm.serial,

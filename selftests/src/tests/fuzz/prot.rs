@@ -28,6 +28,8 @@ use kvm_ioctls::VmFd;
 use vtlkit_uapi::protections::{self, vtl_protection_map, Access, PAGE_SIZE};
 use vtlkit_uapi::raw::{self, kvm_vtl_protection};
 
+use crate::tests::protect::common::prot;
+
 use std::sync::atomic::Ordering;
 
 use super::{errname, layout, Call, Fuzzer, Rng};
@@ -137,16 +139,6 @@ pub(super) struct ProtVm {
     /// The first page KVM cannot map (from `KVM_GET_VTL_PROTECTION` on an empty map).
     limit: u64,
     vtls: [Ranges; VTLS],
-}
-
-fn prot(gpa: u64, size: u64, vtl: u8, access: u8) -> kvm_vtl_protection {
-    kvm_vtl_protection {
-        gpa,
-        size,
-        vtl,
-        access,
-        ..Default::default()
-    }
 }
 
 /// KVM_ENABLE_CAP(KVM_CAP_VTL_PROTECTIONS, args): its errno, None for success.

@@ -323,3 +323,20 @@ pub(crate) fn thp_backing_kib() -> Result<Option<u64>> {
     }
     bail!("no AnonHugePages line in /proc/self/smaps_rollup")
 }
+
+/// A raw `kvm_vtl_protection` with these fields and every other one zero (what the checks of
+/// `KVM_SET/GET_VTL_PROTECTION` take: any access byte, also an illegal one).
+pub(crate) fn prot(
+    gpa: u64,
+    size: u64,
+    vtl: u8,
+    access: u8,
+) -> vtlkit_uapi::raw::kvm_vtl_protection {
+    vtlkit_uapi::raw::kvm_vtl_protection {
+        gpa,
+        size,
+        vtl,
+        access,
+        ..Default::default()
+    }
+}

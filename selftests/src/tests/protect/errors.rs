@@ -30,16 +30,6 @@ fn expect_errno<T>(r: vtlkit_uapi::Result<T>, errno: i32, what: &str) -> Result<
     }
 }
 
-fn prot(gpa: u64, size: u64, vtl: u8, access: u8) -> kvm_vtl_protection {
-    kvm_vtl_protection {
-        gpa,
-        size,
-        vtl,
-        access,
-        ..Default::default()
-    }
-}
-
 /// The protections the bad calls must leave alone: VTL 3 read+execute on two pages at BASE,
 /// VTL 0 read-only on the data page.
 fn expected_map(vm: &TestVm) -> Result<()> {
