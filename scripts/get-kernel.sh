@@ -23,6 +23,8 @@ if [ "$have" != "$pin" ]; then
 		"the series was written against $pin: apply-series.sh will say if it does not apply."
 fi
 
+# The tree (1.5 GiB), its git import (0.6 GiB) and the kernel and Rust builds that follow.
+need_space "$VTLKIT_BUILD_DIR" 5 "fetching source"
 step "fetching source: unpacking $VTLKIT_KERNEL_TARBALL ($have)"
 rm -rf "$VTLKIT_SRC" "$VTLKIT_SRC.tmp"
 mkdir -p "$VTLKIT_SRC.tmp"

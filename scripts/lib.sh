@@ -80,6 +80,19 @@ run_logged() {
 	fi
 }
 
+# need_space DIR GIB WHAT: die unless the filesystem holding DIR has GIB GiB free. Checked
+# before the steps that fill the disk, so a full disk is named as such, not as a tar or
+# compiler error halfway through.
+need_space() {
+	local dir=$1 gib=$2 what=$3 avail mnt
+	mkdir -p "$dir" || die "$what: cannot create $dir"
+	avail=$(df -Pk "$dir" | awk 'NR == 2 { print $4 }')
+	mnt=$(df -Pk "$dir" | awk 'NR == 2 { print $6 }')
+	[ -n "$avail" ] || die "$what: df could not read the free space of $dir"
+	[ "$avail" -ge $((gib * 1024 * 1024)) ] ||
+		die "$what: only $((avail / 1024)) MiB free on $mnt (for $dir); this step needs about $gib GiB: free some space, or set VTLKIT_BUILD_DIR to a larger filesystem"
+}
+
 # series_patches: print the patch file names in series order.
 series_patches() {
 	local series=$VTLKIT_SERIES_DIR/series line

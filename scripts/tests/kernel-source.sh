@@ -147,6 +147,18 @@ rm -rf "$tmp/build"
 run "get-kernel: an installed package that is not 6.12.y is refused" 1 "is 'fake-9', not a 6.12.y" -- \
 	"$VTLKIT_ROOT/scripts/get-kernel.sh"
 FAKE_INSTALLED=$newer
+# A full disk is named before tar runs (CI once failed halfway through tar with ENOSPC).
+fulldisk=$tmp/fulldisk
+mkdir -p "$fulldisk"
+printf '#!/bin/sh\necho "Filesystem 1024-blocks Used Available Capacity Mounted on"\necho "/dev/vda 264000000 263400000 600000 100%% /"\n' >"$fulldisk/df"
+chmod +x "$fulldisk/df"
+run "get-kernel: a full disk is named before unpacking, with the space it needs" 1 \
+	"fetching source: only 585 MiB free on / .*needs about 5 GiB" "!==> fetching source: unpacking" -- \
+	env PATH="$fulldisk:$stubs:$PATH" "$VTLKIT_ROOT/scripts/get-kernel.sh"
+[ ! -e "$tmp/build/linux.tmp" ] || {
+	echo "not ok - get-kernel on a full disk left $tmp/build/linux.tmp behind"
+	fail=1
+}
 PATH=$stubs:$PATH "$VTLKIT_ROOT/scripts/get-kernel.sh" >/dev/null 2>&1
 
 # A series that applies to it, and one that does not.
