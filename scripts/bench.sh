@@ -73,6 +73,7 @@ k_patched=${k_patched:-$VTLKIT_KOBJ/arch/x86/boot/bzImage}
 k_stock=${k_stock:-$VTLKIT_STOCK_KOBJ/arch/x86/boot/bzImage}
 [ -f "$k_patched" ] || die "bench: no patched kernel at $k_patched (VTLKIT_KERNEL_PATCHED)"
 [ -f "$k_stock" ] || die "bench: no stock kernel at $k_stock (VTLKIT_KERNEL_STOCK)"
+"$VTLKIT_ROOT/scripts/build-qemu.sh"
 "$VTLKIT_ROOT/scripts/build-guest.sh"
 "$VTLKIT_ROOT/scripts/pack-initramfs.sh"
 

@@ -30,6 +30,12 @@ VTLKIT_KOBJ=$VTLKIT_BUILD_DIR/kobj          # O= build directory (default config
 VTLKIT_HDR=$VTLKIT_BUILD_DIR/headers        # make headers_install output
 VTLKIT_RUN_DIR=${VTLKIT_RUN_DIR:-$VTLKIT_BUILD_DIR/run} # serial logs, guest results
 VTLKIT_JOBS=${VTLKIT_JOBS:-$(nproc)}
+# The QEMU the guest boots in (scripts/build-qemu.sh): Debian 12's QEMU 7.2 source, from
+# Debian's archive (the same upstream tarball as its qemu-system-x86 7.2+dfsg-7+deb12u*), with
+# qemu-patches/ applied.
+VTLKIT_QEMU_DIR=$VTLKIT_BUILD_DIR/qemu
+VTLKIT_QEMU_SRC_URL=${VTLKIT_QEMU_SRC_URL:-http://deb.debian.org/debian/pool/main/q/qemu/qemu_7.2+dfsg.orig.tar.xz}
+VTLKIT_QEMU_SRC_SHA256=91aca71520040edc40b8d437aa3004dae614f58e286cf653ee8996c07af2962f
 CARGO_TARGET_DIR=${VTLKIT_CARGO_TARGET_DIR:-$VTLKIT_ROOT/target}
 export CARGO_TARGET_DIR
 

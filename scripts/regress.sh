@@ -93,6 +93,7 @@ for t in "${run_list[@]}"; do
 done >"$kst_extra/kvm-selftests/list"
 echo "per_test=$per_test" >"$kst_extra/kvm-selftests/settings"
 # The image also carries the vtlkit binaries (pack-initramfs.sh always adds them).
+"$VTLKIT_ROOT/scripts/build-qemu.sh"
 "$VTLKIT_ROOT/scripts/build-guest.sh" # incremental: never pack stale binaries
 "$VTLKIT_ROOT/scripts/pack-initramfs.sh" --out "$initrd" --extra "$kst_extra"
 

@@ -7,6 +7,7 @@ PKGS=(
 	qemu-system-x86 busybox-static cpio xz-utils
 	build-essential flex bison bc libelf-dev libssl-dev rsync
 	libclang-dev clang shellcheck yamllint
+	curl patch meson ninja-build pkgconf python3 libglib2.0-dev libpixman-1-dev libfdt-dev zlib1g-dev
 )
 
 updated=0
