@@ -12,15 +12,19 @@
 # Acceleration: real KVM only where it works (vmx/svm in the CPU flags *and* a short trial
 # boot succeeds), else TCG with -cpu max (AMD with SVM and NPT, so the guest's kvm_amd runs
 # nested guests). Force with VTLKIT_ACCEL=kvm|tcg. VTLKIT_TCG_THREAD=single|multi picks TCG's
-# threading (-accel tcg,thread=...; default: QEMU's, multi-threaded on x86 hosts).
+# threading (-accel tcg,thread=...; default single: under multi-threaded TCG, QEMU 7.2's nested
+# SVM makes nested guests, and now and then the guest kernel itself, triple-fault on page walks
+# that the page tables and KVM's nested page tables show to be fine; see README, issue 12).
 # VTLKIT_ICOUNT=1 boots TCG with -accel tcg,thread=single -icount shift=0,sleep=off: the guest's
 # clocks (TSC, HPET, its CLOCK_MONOTONIC) then follow the instructions executed, 1 ns each, and
 # never wait for the host's time, so guest-timed figures reproduce whatever the host's load
 # (scripts/bench.sh). icount needs single-threaded TCG: refused with VTLKIT_ACCEL=kvm or
 # VTLKIT_TCG_THREAD=multi; with VTLKIT_ACCEL=auto it means TCG without a KVM trial.
 #
-# QEMU: qemu-system-x86_64 from PATH, or VTLKIT_QEMU=/path/to/qemu-system-x86_64 (e.g. one
-# unpacked from a .deb without installing it). Its firmware and option ROMs are looked up in
+# QEMU: the one scripts/build-qemu.sh built (build/qemu/bin/qemu-system-x86_64: Debian's 7.2
+# with qemu-patches/), else qemu-system-x86_64 from PATH with a warning (under TCG, Debian's
+# delivers some interrupts injected into nested guests twice), or VTLKIT_QEMU=/path/to/
+# qemu-system-x86_64 (e.g. the system's, or one unpacked from a .deb without installing it). Its firmware and option ROMs are looked up in
 # VTLKIT_QEMU_DATA (colon-separated directories, each passed as -L); by default, for a QEMU
 # outside /usr/bin, in PREFIX/share/qemu and PREFIX/share/seabios next to its bin/ when they
 # exist (QEMU falls back to /usr/share/qemu and /usr/share/seabios). The version booted is
@@ -41,14 +45,20 @@ initrd=${VTLKIT_INITRD:-$VTLKIT_BUILD_DIR/initramfs.cpio}
 timeout_s=${VTLKIT_TIMEOUT:-900}
 [ -f "$kernel" ] || die "booting: no kernel at $kernel; run scripts/build-kernel.sh"
 [ -f "$initrd" ] || die "booting: no initramfs at $initrd; run scripts/pack-initramfs.sh"
-qemu=${VTLKIT_QEMU:-qemu-system-x86_64}
 if [ -n "${VTLKIT_QEMU:-}" ]; then
+	qemu=$VTLKIT_QEMU
 	[ -x "$qemu" ] || die "booting: VTLKIT_QEMU=$qemu is not an executable file"
+elif [ -x "$VTLKIT_QEMU_DIR/bin/qemu-system-x86_64" ]; then
+	qemu=$VTLKIT_QEMU_DIR/bin/qemu-system-x86_64
 else
+	qemu="qemu-system-x86_64"
 	command -v "$qemu" >/dev/null || die "booting: qemu-system-x86_64 missing (apt-get install qemu-system-x86)"
+	warn_loud "booting the system's $qemu, not one built by scripts/build-qemu.sh: under TCG it delivers" \
+		"some interrupts injected into nested guests twice (qemu-patches/0002), so exact counts can fail by chance"
 fi
-case "${VTLKIT_TCG_THREAD:-}" in
-'' | single | multi) ;;
+VTLKIT_TCG_THREAD=${VTLKIT_TCG_THREAD:-single}
+case "$VTLKIT_TCG_THREAD" in
+single | multi) ;;
 *) die "booting: VTLKIT_TCG_THREAD must be single or multi, not '${VTLKIT_TCG_THREAD}'" ;;
 esac
 icount=0
@@ -100,7 +110,7 @@ qemu_args() {
 	elif [ "$icount" = 1 ]; then
 		printf '%s\n' -accel tcg,thread=single -icount shift=0,sleep=off -cpu max
 	else
-		printf '%s\n' -accel "tcg${VTLKIT_TCG_THREAD:+,thread=$VTLKIT_TCG_THREAD}" -cpu max
+		printf '%s\n' -accel "tcg,thread=$VTLKIT_TCG_THREAD" -cpu max
 	fi
 	printf '%s\n' -machine q35 -smp 2 -m 2G -nodefaults -display none -no-reboot \
 		-chardev "stdio,id=con,signal=off,logfile=$serial" -serial chardev:con \
@@ -171,7 +181,7 @@ if [ "$accel" = kvm ]; then
 elif [ "$icount" = 1 ]; then
 	info "TCG software emulation, instruction-counted (VTLKIT_ICOUNT=1: -accel tcg,thread=single -icount shift=0,sleep=off -cpu max; guest time follows instructions, 1 ns each)"
 else
-	info "TCG software emulation (-accel tcg${VTLKIT_TCG_THREAD:+,thread=$VTLKIT_TCG_THREAD} -cpu max: AMD, SVM + NPT for the guest's kvm_amd)"
+	info "TCG software emulation (-accel tcg,thread=$VTLKIT_TCG_THREAD -cpu max: AMD, SVM + NPT for the guest's kvm_amd)"
 fi
 
 results=$VTLKIT_RUN_DIR/results.log

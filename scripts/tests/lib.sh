@@ -14,7 +14,14 @@ verdict() {
 		return
 	fi
 	for re in "$@"; do
-		if ! grep -qE -- "$re" <<<"$out"; then
+		if [[ "$re" == '!'* ]]; then
+			if grep -qE -- "${re#!}" <<<"$out"; then
+				echo "not ok - $name: output has /${re#!}/"
+				sed 's/^/    /' <<<"$out" | tail -n 15
+				fail=1
+				return
+			fi
+		elif ! grep -qE -- "$re" <<<"$out"; then
 			echo "not ok - $name: output lacks /$re/"
 			sed 's/^/    /' <<<"$out" | tail -n 15
 			fail=1

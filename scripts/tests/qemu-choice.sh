@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Host-side test of how scripts/boot.sh picks and calls QEMU, without a kernel: stand-in QEMUs
-# record their arguments and report a passing guest. The system's qemu-system-x86_64 (PATH) is
-# the default, with no -L; VTLKIT_QEMU boots another one, whose firmware directories next to its
+# record their arguments and report a passing guest. The QEMU scripts/build-qemu.sh built is the
+# default, with -L for its firmware; without one, the system's qemu-system-x86_64 (PATH), with a
+# warning and no -L; VTLKIT_QEMU boots another one, whose firmware directories next to its
 # bin/ are passed with -L (or those VTLKIT_QEMU_DATA names); the version booted is printed;
-# VTLKIT_TCG_THREAD selects TCG's threading; VTLKIT_ICOUNT=1 single-threaded TCG with -icount,
+# TCG is single-threaded unless VTLKIT_TCG_THREAD=multi; VTLKIT_ICOUNT=1 single-threaded TCG with -icount,
 # never real KVM; bad values are refused with what is wrong.
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -64,16 +65,28 @@ check() {
 	verdict "$name" "$want" "$rc" "$out" "${res[@]}"
 }
 
-check "default: qemu-system-x86_64 from PATH, its version printed, no -L" 0 -- \
-	"QEMU 7\.2\.22 \($tmp/bin/qemu-system-x86_64\)$" "args:^-accel tcg -cpu max "
+check "no QEMU built: qemu-system-x86_64 from PATH, loudly, its version printed, no -L" 0 -- \
+	"QEMU 7\.2\.22 \($tmp/bin/qemu-system-x86_64\)$" "args:^-accel tcg,thread=single -cpu max " \
+	"WARNING: booting the system's qemu-system-x86_64, not one built by scripts/build-qemu.sh"
 grep -q -- '^-L$' "$tmp/args" && { echo "not ok - default QEMU got -L" && fail=1; }
+# What scripts/build-qemu.sh leaves: bin/ and share/{qemu,seabios} under build/qemu.
+mkdir -p "$tmp/build/qemu/bin" "$tmp/build/qemu/share/qemu" "$tmp/build/qemu/share/seabios"
+stand_in "$tmp/build/qemu/bin/qemu-system-x86_64" 7.2.0
+check "built QEMU: the default, with -L for its share/qemu and share/seabios, no warning" 0 -- \
+	"QEMU 7\.2\.0 \($tmp/build/qemu/bin/qemu-system-x86_64\), firmware from $tmp/build/qemu/share/qemu $tmp/build/qemu/share/seabios" \
+	"args:^-L $tmp/build/qemu/share/qemu -L $tmp/build/qemu/share/seabios -accel tcg,thread=single -cpu max " '!vtlkit: WARNING'
+check "built QEMU, VTLKIT_QEMU set: VTLKIT_QEMU wins" 0 VTLKIT_QEMU="$tmp/bin/qemu-system-x86_64" -- \
+	"QEMU 7\.2\.22 \($tmp/bin/qemu-system-x86_64\)$" '!vtlkit: WARNING'
+rm -rf "$tmp/build/qemu"
 check "VTLKIT_QEMU: that QEMU, with -L for its share/qemu and share/seabios" 0 \
 	VTLKIT_QEMU="$tmp/q10/usr/bin/qemu-system-x86_64" -- \
 	"QEMU 10\.0\.2 \($tmp/q10/usr/bin/qemu-system-x86_64\), firmware from $tmp/q10/usr/share/qemu $tmp/q10/usr/share/seabios" \
-	"args:^-L $tmp/q10/usr/share/qemu -L $tmp/q10/usr/share/seabios -accel tcg -cpu max "
+	"args:^-L $tmp/q10/usr/share/qemu -L $tmp/q10/usr/share/seabios -accel tcg,thread=single -cpu max "
 check "VTLKIT_QEMU_DATA replaces the firmware directories" 0 \
 	VTLKIT_QEMU="$tmp/q10/usr/bin/qemu-system-x86_64" VTLKIT_QEMU_DATA="$tmp/fw" -- \
-	"firmware from $tmp/fw$" "args:^-L $tmp/fw -accel tcg -cpu max "
+	"firmware from $tmp/fw$" "args:^-L $tmp/fw -accel tcg,thread=single -cpu max "
+check "TCG threading by default: single-threaded" 0 -- "-accel tcg,thread=single -cpu max" \
+	"args:-accel tcg,thread=single -cpu max "
 check "VTLKIT_TCG_THREAD=single: -accel tcg,thread=single" 0 VTLKIT_TCG_THREAD=single -- \
 	"-accel tcg,thread=single -cpu max" "args:-accel tcg,thread=single -cpu max "
 check "VTLKIT_TCG_THREAD=multi: -accel tcg,thread=multi" 0 VTLKIT_TCG_THREAD=multi -- \
@@ -85,7 +98,7 @@ check "VTLKIT_ICOUNT=1 with VTLKIT_ACCEL=auto: TCG, no KVM trial" 0 VTLKIT_ICOUN
 	"args:^-accel tcg,thread=single -icount shift=0,sleep=off -cpu max "
 check "VTLKIT_ICOUNT=1 with VTLKIT_TCG_THREAD=single: accepted" 0 VTLKIT_ICOUNT=1 VTLKIT_TCG_THREAD=single -- \
 	"args:^-accel tcg,thread=single -icount shift=0,sleep=off -cpu max "
-check "VTLKIT_ICOUNT=0: plain TCG" 0 VTLKIT_ICOUNT=0 -- "args:^-accel tcg -cpu max "
+check "VTLKIT_ICOUNT=0: plain (single-threaded) TCG" 0 VTLKIT_ICOUNT=0 -- "args:^-accel tcg,thread=single -cpu max "
 grep -q -- '^-icount$' "$tmp/args" && { echo "not ok - VTLKIT_ICOUNT=0 got -icount" && fail=1; }
 check "VTLKIT_ICOUNT=1 with VTLKIT_ACCEL=kvm: refused" 1 VTLKIT_ICOUNT=1 VTLKIT_ACCEL=kvm -- \
 	"error: booting: VTLKIT_ICOUNT=1 needs TCG .*not VTLKIT_ACCEL=kvm"
