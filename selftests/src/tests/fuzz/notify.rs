@@ -1743,12 +1743,14 @@ impl Fuzzer {
                 return Err(self.pair_failed(k, p, what));
             }
             if Instant::now() > deadline {
-                let state = self.vms[k].notify.pairs[p]
+                let (state, trail) = self.vms[k].notify.pairs[p]
                     .runner
                     .as_ref()
-                    .map(|r| lock(&r.shared.state).clone())
+                    .map(|r| (lock(&r.shared.state).clone(), r.shared.trail_text()))
                     .unwrap_or_default();
-                bail!("{what}: not within {PROBE_TIMEOUT:?}; the pair runner last: {state}");
+                bail!(
+                    "{what}: not within {PROBE_TIMEOUT:?}; the pair runner last: {state}; {trail}"
+                );
             }
             std::thread::sleep(Duration::from_millis(1));
         }
