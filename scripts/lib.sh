@@ -30,12 +30,15 @@ VTLKIT_KOBJ=$VTLKIT_BUILD_DIR/kobj          # O= build directory (default config
 VTLKIT_HDR=$VTLKIT_BUILD_DIR/headers        # make headers_install output
 VTLKIT_RUN_DIR=${VTLKIT_RUN_DIR:-$VTLKIT_BUILD_DIR/run} # serial logs, guest results
 VTLKIT_JOBS=${VTLKIT_JOBS:-$(nproc)}
-# The QEMU the guest boots in (scripts/build-qemu.sh): Debian 12's QEMU 7.2 source, from
-# Debian's archive (the same upstream tarball as its qemu-system-x86 7.2+dfsg-7+deb12u*), with
-# qemu-patches/ applied.
+# The QEMU the guest boots in (scripts/build-qemu.sh): the source of Debian 12's qemu-system-x86
+# (1:7.2+dfsg-7+deb12u18, QEMU 7.2.22), from Debian's archive, with Debian's patches and then
+# qemu-patches/ applied. Both files are pinned by SHA-256.
 VTLKIT_QEMU_DIR=$VTLKIT_BUILD_DIR/qemu
-VTLKIT_QEMU_SRC_URL=${VTLKIT_QEMU_SRC_URL:-http://deb.debian.org/debian/pool/main/q/qemu/qemu_7.2+dfsg.orig.tar.xz}
-VTLKIT_QEMU_SRC_SHA256=91aca71520040edc40b8d437aa3004dae614f58e286cf653ee8996c07af2962f
+VTLKIT_QEMU_POOL=${VTLKIT_QEMU_POOL:-http://deb.debian.org/debian/pool/main/q/qemu}
+VTLKIT_QEMU_ORIG=${VTLKIT_QEMU_ORIG:-qemu_7.2+dfsg.orig.tar.xz}
+VTLKIT_QEMU_ORIG_SHA256=${VTLKIT_QEMU_ORIG_SHA256:-91aca71520040edc40b8d437aa3004dae614f58e286cf653ee8996c07af2962f}
+VTLKIT_QEMU_DEBIAN=${VTLKIT_QEMU_DEBIAN:-qemu_7.2+dfsg-7+deb12u18.debian.tar.xz}
+VTLKIT_QEMU_DEBIAN_SHA256=${VTLKIT_QEMU_DEBIAN_SHA256:-28a1c86310ee53b6bf1854cffe6f6be6ed29a08db7d05759f8ac57b8d6a6cb2f}
 CARGO_TARGET_DIR=${VTLKIT_CARGO_TARGET_DIR:-$VTLKIT_ROOT/target}
 export CARGO_TARGET_DIR
 

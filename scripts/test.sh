@@ -6,7 +6,7 @@
 #
 # Host side: shellcheck, rustfmt, clippy (-D warnings), cargo test (unit tests of every crate), the
 # pipeline's own tests (scripts/tests/record-debugfs.sh, kernel-source.sh, series-errors.sh,
-# kernel-log-scan.sh and qemu-choice.sh before the build, scripts/tests/boot-failures.sh after it), checkpatch
+# kernel-log-scan.sh, qemu-choice.sh and qemu-build.sh before the build, scripts/tests/boot-failures.sh after it), checkpatch
 # --strict on every patch, and the uapi/ drift check (inside the kernel build). Guest side: scripts/run.sh,
 # then the protect_* and vsm_intercept_* tests once more under shadow paging (kvm_amd.npt=0, logs in build/run-shadow).
 # Ends with one line "total: N passed, N failed, N skipped"; exits non-zero on any failure.
@@ -60,7 +60,8 @@ check "record-debugfs (the recorder stores comm, vtlctl reads it back)" scripts/
 check "kernel-source (pinned linux-source-6.12 or the offered 6.12.y; Rust version)" scripts/tests/kernel-source.sh
 check "series-errors (broken or missing patch is named)" scripts/tests/series-errors.sh
 check "kernel-log-scan (reports in kernel lines fail, test output does not)" scripts/tests/kernel-log-scan.sh
-check "qemu-choice (VTLKIT_QEMU, its firmware, its version, VTLKIT_TCG_THREAD, VTLKIT_ICOUNT)" scripts/tests/qemu-choice.sh
+check "qemu-choice (the built QEMU or VTLKIT_QEMU, its firmware, its version, VTLKIT_TCG_THREAD, VTLKIT_ICOUNT)" scripts/tests/qemu-choice.sh
+check "qemu-build (pinned checksums, Debian's and our patches named when they fail, a dropped revision)" scripts/tests/qemu-build.sh
 check "checkpatch --strict on kernel-patches" "$VTLKIT_ROOT/scripts/checkpatch.sh"
 
 step "in-guest suite: scripts/run.sh"
