@@ -111,14 +111,11 @@ fn run_once(v: Variant, ipis: u32) -> Result<Sample> {
     // The sender's program: one PING, then END. ICR low word = the vector alone: fixed
     // delivery, physical destination, no shorthand.
     let entry = layout::SHARED;
-    for (w, val) in [prog::PING, dest.into(), VECTOR.into(), ipis.into(), counter]
-        .iter()
-        .enumerate()
-    {
-        vm.mem.write_u64(entry + 8 * w as u64, *val)?;
-    }
-    vm.mem.write_u64(entry + prog::ENTRY_SIZE, prog::END)?;
-    vm.set_pcpu(sender, pcpu::PROGRAM, entry)?;
+    vm.set_one_command(
+        sender,
+        entry,
+        &[prog::PING, dest.into(), VECTOR.into(), ipis.into(), counter],
+    )?;
 
     let running = vm.start()?;
     for i in 0..VCPUS {

@@ -38,7 +38,7 @@ use vtlkit_uapi::protections::MemoryFault;
 
 use vtlkit_uapi::{ApicGroup, VcpuApicGroupExt};
 
-use crate::guest::{self, pcpu, ucall, Entry};
+use crate::guest::{self, pcpu, prog, ucall, Entry};
 use crate::hyperv::{self, ExitCtx, HypervExit, HypervHandler};
 
 /// Guest-physical memory layout (identity-mapped, so these are also the guest's virtual
@@ -652,6 +652,16 @@ impl TestVm {
     /// Write a u64 field (a [`pcpu`] offset) of vCPU `index`'s data page.
     pub fn set_pcpu(&self, index: usize, offset: u64, v: u64) -> Result<()> {
         self.mem.write_u64(Self::pcpu_gpa(index) + offset, v)
+    }
+
+    /// Write a one-command send program at `gpa` (`words`: the [`prog`] kind and its
+    /// arguments, then END) and point vCPU `index`'s [`pcpu::PROGRAM`] at it.
+    pub fn set_one_command(&self, index: usize, gpa: u64, words: &[u64]) -> Result<()> {
+        for (w, v) in words.iter().enumerate() {
+            self.mem.write_u64(gpa + 8 * w as u64, *v)?;
+        }
+        self.mem.write_u64(gpa + prog::ENTRY_SIZE, prog::END)?;
+        self.set_pcpu(index, pcpu::PROGRAM, gpa)
     }
 
     /// Create vCPU `id` (the KVM vcpu_id), to start at `entry`. Returns its index.

@@ -134,11 +134,7 @@ fn nested_interrupt_delivered_once() -> TestResult {
             SELF_IPIS,
             counter,
         ];
-        for (w, v) in words.iter().enumerate() {
-            vm.mem.write_u64(entry + 8 * w as u64, *v)?;
-        }
-        vm.mem.write_u64(entry + prog::ENTRY_SIZE, prog::END)?;
-        vm.set_pcpu(i, pcpu::PROGRAM, entry)?;
+        vm.set_one_command(i, entry, &words)?;
     }
     let running = vm.start()?;
     for i in 0..vcpus {

@@ -33,12 +33,7 @@ fn program_gpa(index: usize) -> u64 {
 
 /// Write a one-command program `words` (kind, a0, a1, a2, ...) for vCPU `index`.
 fn one_command(vm: &TestVm, index: usize, words: &[u64]) -> Result<()> {
-    let e = program_gpa(index);
-    for (w, v) in words.iter().enumerate() {
-        vm.mem.write_u64(e + 8 * w as u64, *v)?;
-    }
-    vm.mem.write_u64(e + prog::ENTRY_SIZE, prog::END)?;
-    vm.set_pcpu(index, pcpu::PROGRAM, e)
+    vm.set_one_command(index, program_gpa(index), words)
 }
 
 /// The sibling is still halted. (Its halt_wakeup statistic is no proof either way: KVM wakes
