@@ -90,11 +90,7 @@ else
 		done
 	fi
 fi
-# qemu_version -> "10.0.2" (empty if QEMU does not run)
-qemu_version() {
-	"$qemu" --version 2>/dev/null | sed -n '1s/^QEMU emulator version \([0-9][0-9.]*\).*/\1/p'
-}
-qver=$(qemu_version || true)
+qver=$(qemu_version "$qemu" || true)
 [ -n "$qver" ] || die "booting: $qemu --version failed: $("$qemu" --version 2>&1 | head -n 3)"
 mkdir -p "$VTLKIT_RUN_DIR"
 

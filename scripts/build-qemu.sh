@@ -29,7 +29,7 @@ want=$({
 	echo "${configure_args[*]}"
 } | sha256sum | cut -c1-16)
 if [ -x "$qemu_bin" ] && [ "$(cat "$VTLKIT_QEMU_DIR/.vtlkit-stamp" 2>/dev/null)" = "$want" ]; then
-	step "QEMU: $qemu_bin ($("$qemu_bin" --version | head -n 1 | sed 's/QEMU emulator version //') + qemu-patches/, cached)"
+	step "QEMU: $qemu_bin ($(qemu_version "$qemu_bin") + qemu-patches/, cached)"
 	exit 0
 fi
 
@@ -100,7 +100,8 @@ cp "$src/build/qemu-system-x86_64" "$qemu_bin"
 # boot.sh passes PREFIX/share/{qemu,seabios} with -L: the firmware of Debian's packages.
 ln -s /usr/share/qemu "$VTLKIT_QEMU_DIR/share/qemu"
 ln -s /usr/share/seabios "$VTLKIT_QEMU_DIR/share/seabios"
-"$qemu_bin" --version >/dev/null || die "building QEMU: the built $qemu_bin does not run"
+ver=$(qemu_version "$qemu_bin")
+[ -n "$ver" ] || die "building QEMU: the built $qemu_bin does not run"
 echo "$want" >"$VTLKIT_QEMU_DIR/.vtlkit-stamp"
 rm -rf "$src"
-ok "QEMU: $qemu_bin ($("$qemu_bin" --version | head -n 1 | sed 's/QEMU emulator version //'), $((SECONDS - start))s)"
+ok "QEMU: $qemu_bin ($ver, $((SECONDS - start))s)"

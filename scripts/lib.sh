@@ -89,6 +89,11 @@ run_logged() {
 	fi
 }
 
+# qemu_version BIN -> "10.0.2": the version a QEMU binary reports (empty if it does not run).
+qemu_version() {
+	"$1" --version 2>/dev/null | sed -n '1s/^QEMU emulator version \([0-9][0-9.]*\).*/\1/p'
+}
+
 # need_space DIR GIB WHAT: die unless the filesystem holding DIR has GIB GiB free. Checked
 # before the steps that fill the disk, so a full disk is named as such, not as a tar or
 # compiler error halfway through.
